@@ -1,0 +1,823 @@
+"""PyTorch DSNet: a real-time dual-branch semantic segmenter whose branches are fused by MSAF.
+
+Read top to bottom: the building blocks (conv-norm-activation unit, residual blocks, the multi-scale atrous
+block, the atrous pyramid, MSAF), then the encoder `DSNetModel`, then the task model
+`DSNetForSemanticSegmentation` with its published loss (OHEM cross-entropy on the main head plus two auxiliary
+cross-entropy heads).
+
+Numerically this follows the published DSNet code (see the repository's parity tests), with two deliberate
+differences that do not change results on inputs whose sides are multiples of 8: the decoder upsamples to the
+skip feature's size instead of by a fixed factor of 2 (so any input size works), and the pyramid's pooled branch
+is broadcast instead of bilinearly upsampled from 1x1 (the same values).
+
+This file must stay loadable as Hub remote code: it imports only torch, transformers and its sibling
+configuration file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.utils import ModelOutput
+
+from .configuration_dsnet import DSNetConfig
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class ConvNormAct(nn.Module):
+    """Conv2d -> BatchNorm2d -> optional ReLU, with "same" padding for any dilation.
+
+    Every BatchNorm of DSNet that directly follows a convolution lives in one of these, so that
+    `fuse_norm()` can fold it into the convolution for deployment.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        bias: bool = False,
+        activation: bool = True,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+    ):
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=dilation * (kernel_size // 2),
+            dilation=dilation,
+            bias=bias,
+        )
+        self.norm: nn.Module = nn.BatchNorm2d(out_channels, eps=eps, momentum=momentum)
+        self.act = nn.ReLU() if activation else nn.Identity()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(hidden_states)))
+
+    @torch.no_grad()
+    def fuse_norm(self) -> None:
+        """Fold the BatchNorm's running statistics and affine parameters into the convolution (eval only)."""
+        if not isinstance(self.norm, nn.BatchNorm2d):
+            return
+        norm, conv = self.norm, self.conv
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+        fused_bias = (bias - norm.running_mean) * scale + norm.bias
+        conv.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+        if conv.bias is None:
+            conv.bias = nn.Parameter(fused_bias)
+        else:
+            conv.bias.copy_(fused_bias)
+        self.norm = nn.Identity()
+
+
+def _norm_args(config: DSNetConfig) -> dict:
+    return {"eps": config.batch_norm_eps, "momentum": config.batch_norm_momentum}
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (ResNet basic block, expansion 1)."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        stride: int = 1,
+        dilation: int = 1,
+        final_relu: bool = True,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+    ):
+        super().__init__()
+        norm = {"eps": eps, "momentum": momentum}
+        self.conv1 = ConvNormAct(in_channels, channels, 3, stride=stride, dilation=dilation, **norm)
+        self.conv2 = ConvNormAct(channels, channels, 3, dilation=dilation, activation=False, **norm)
+        needs_projection = stride != 1 or in_channels != channels
+        self.shortcut = (
+            ConvNormAct(in_channels, channels, 1, stride=stride, activation=False, **norm)
+            if needs_projection
+            else nn.Identity()
+        )
+        self.final_act = nn.ReLU() if final_relu else nn.Identity()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(self.conv1(hidden_states))
+        return self.final_act(out + self.shortcut(hidden_states))
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (possibly dilated) -> 1x1 residual block with expansion 2."""
+
+    expansion = 2
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        stride: int = 1,
+        dilation: int = 1,
+        final_relu: bool = False,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+    ):
+        super().__init__()
+        norm = {"eps": eps, "momentum": momentum}
+        out_channels = channels * self.expansion
+        self.conv1 = ConvNormAct(in_channels, channels, 1, **norm)
+        self.conv2 = ConvNormAct(channels, channels, 3, stride=stride, dilation=dilation, **norm)
+        self.conv3 = ConvNormAct(channels, out_channels, 1, activation=False, **norm)
+        needs_projection = stride != 1 or in_channels != out_channels
+        self.shortcut = (
+            ConvNormAct(in_channels, out_channels, 1, stride=stride, activation=False, **norm)
+            if needs_projection
+            else nn.Identity()
+        )
+        self.final_act = nn.ReLU() if final_relu else nn.Identity()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        out = self.conv3(self.conv2(self.conv1(hidden_states)))
+        return self.final_act(out + self.shortcut(hidden_states))
+
+
+def residual_stage(
+    block: type[BasicBlock] | type[Bottleneck],
+    in_channels: int,
+    channels: int,
+    num_blocks: int,
+    stride: int = 1,
+    dilation: int = 1,
+    eps: float = 1e-5,
+    momentum: float = 0.1,
+) -> nn.Sequential:
+    """A stage of residual blocks, with the published placement of the final ReLUs.
+
+    The first block keeps its block type's default (basic: ReLU, bottleneck: none); of the following blocks,
+    all but the last end with a ReLU. So a multi-block stage ends without ReLU and the caller applies one
+    where the published forward pass does.
+    """
+    norm = {"eps": eps, "momentum": momentum}
+    blocks = [block(in_channels, channels, stride=stride, dilation=dilation, **norm)]
+    out_channels = channels * block.expansion
+    for index in range(1, num_blocks):
+        is_last = index == num_blocks - 1
+        blocks.append(block(out_channels, channels, dilation=dilation, final_relu=not is_last, **norm))
+    return nn.Sequential(*blocks)
+
+
+class MultiScaleAtrousBlock(nn.Module):
+    """Three chained dilated 3x3 convolutions whose outputs are concatenated and fused, plus a 1x1 shortcut.
+
+    (MFACB in the paper: multi-scale fusion atrous convolution block.) No ReLU after the sum.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        inner_channels: int,
+        out_channels: int,
+        dilations: Sequence[int],
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+    ):
+        super().__init__()
+        norm = {"eps": eps, "momentum": momentum}
+        widths = [in_channels] + [inner_channels] * len(dilations)
+        self.atrous_convs = nn.ModuleList(
+            ConvNormAct(widths[i], inner_channels, 3, dilation=d, **norm) for i, d in enumerate(dilations)
+        )
+        self.fuse = ConvNormAct(inner_channels * len(dilations), out_channels, 1, **norm)
+        self.shortcut = ConvNormAct(in_channels, out_channels, 1, **norm)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        features, current = [], hidden_states
+        for conv in self.atrous_convs:
+            current = conv(current)
+            features.append(current)
+        return self.fuse(torch.cat(features, dim=1)) + self.shortcut(hidden_states)
+
+
+class AtrousPyramid(nn.Module):
+    """Serial-parallel atrous pyramid (SPASPP): chained dilated convolutions whose every output, together with a
+    globally pooled branch, is concatenated, fused, added to a 1x1 shortcut and refined by a 3x3 convolution."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        inner_channels: int,
+        out_channels: int,
+        dilations: Sequence[int] = (6, 12, 18, 24),
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+    ):
+        super().__init__()
+        norm = {"eps": eps, "momentum": momentum}
+        widths = [in_channels] + [inner_channels] * len(dilations)
+        self.atrous_convs = nn.ModuleList(
+            ConvNormAct(widths[i], inner_channels, 3, dilation=d, **norm) for i, d in enumerate(dilations)
+        )
+        self.pooled = ConvNormAct(in_channels, inner_channels, 1, **norm)
+        self.fuse = ConvNormAct(inner_channels * (len(dilations) + 1), out_channels, 1, **norm)
+        self.shortcut = ConvNormAct(in_channels, out_channels, 1, **norm)
+        self.output = ConvNormAct(out_channels, out_channels, 3, bias=True, **norm)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        features, current = [], hidden_states
+        for conv in self.atrous_convs:
+            current = conv(current)
+            features.append(current)
+        pooled = self.pooled(F.adaptive_avg_pool2d(hidden_states, 1))
+        features.append(pooled.expand(-1, -1, *hidden_states.shape[-2:]))
+        fused = self.fuse(torch.cat(features, dim=1)) + self.shortcut(hidden_states)
+        return self.output(fused)
+
+
+class AttentionPath(nn.Module):
+    """1x1 bottleneck (channels -> channels // r -> channels) producing attention logits."""
+
+    def __init__(self, channels: int, inner_channels: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        norm = {"eps": eps, "momentum": momentum}
+        self.reduce = ConvNormAct(channels, inner_channels, 1, bias=True, **norm)
+        self.expand = ConvNormAct(inner_channels, channels, 1, bias=True, activation=False, **norm)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.expand(self.reduce(hidden_states))
+
+
+class MSAF(nn.Module):
+    """Multi-Scale Attention Fusion: fuses two feature maps of the same shape with a learned per-pixel,
+    per-channel weight.
+
+    The attention logits are the sum of a local path (1x1 bottleneck on every pixel), a global path (on the
+    image-wide average) and one context path per entry of `context_sizes` (on an adaptive average pool of that
+    size, upsampled back with nearest neighbours). With `w = sigmoid(logits)` computed on `x + residual`:
+
+        out = 2 * x * w + 2 * residual * (1 - w)
+
+    so `w = 0.5` everywhere gives the plain sum. With `context_sizes=()` this is attentional feature fusion (AFF).
+
+    Args:
+        channels: number of channels of both inputs.
+        r: channel reduction ratio of the attention paths (`channels // r` hidden channels).
+        context_sizes: output sizes of the context pools, in order. DSNet's published weights use (4, 8, 16).
+        eps, momentum: BatchNorm settings.
+
+    The pooled paths contain BatchNorms over 1x1 (or tiny) maps: in training mode they need at least two images
+    per batch (per BatchNorm group).
+
+    Example:
+        >>> fusion = MSAF(channels=64, r=4)
+        >>> out, weights = fusion(torch.randn(2, 64, 16, 16), torch.randn(2, 64, 16, 16), return_weights=True)
+    """
+
+    def __init__(
+        self,
+        channels: int = 64,
+        r: int = 4,
+        context_sizes: Sequence[int] = (4, 8),
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+    ):
+        super().__init__()
+        if channels <= 0:
+            raise ValueError(f"MSAF channels must be positive, got {channels}.")
+        if r <= 0 or r > channels:
+            raise ValueError(f"MSAF r (reduction ratio) must be in [1, channels={channels}], got {r}.")
+        if any(int(s) <= 0 for s in context_sizes):
+            raise ValueError(f"MSAF context_sizes must be positive pool sizes, got {tuple(context_sizes)}.")
+        inner_channels = channels // r
+        norm = {"eps": eps, "momentum": momentum}
+        self.context_sizes = tuple(int(s) for s in context_sizes)
+        self.local_attention = AttentionPath(channels, inner_channels, **norm)
+        self.context_attentions = nn.ModuleList(AttentionPath(channels, inner_channels, **norm) for _ in context_sizes)
+        self.global_attention = AttentionPath(channels, inner_channels, **norm)
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor, return_weights: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if x.shape != residual.shape:
+            raise ValueError(f"MSAF needs two inputs of the same shape, got {tuple(x.shape)} and {tuple(residual.shape)}.")
+        height, width = x.shape[-2:]
+        summed = x + residual
+        # Same summation order as the published module: local, global, then contexts from small to large pools.
+        logits = self.local_attention(summed) + self.global_attention(F.adaptive_avg_pool2d(summed, 1))
+        for size, path in zip(self.context_sizes, self.context_attentions):
+            context = path(F.adaptive_avg_pool2d(summed, size))
+            logits = logits + F.interpolate(context, size=(height, width), mode="nearest")
+        weights = torch.sigmoid(logits)
+        out = 2 * x * weights + 2 * residual * (1 - weights)
+        return (out, weights) if return_weights else out
+
+
+class AdditiveFusion(nn.Module):
+    """The `fusion_type="add"` ablation: a plain sum, with no weights to return."""
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor, return_weights: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, None]:
+        out = x + residual
+        return (out, None) if return_weights else out
+
+
+class MainHead(nn.Module):
+    """The main segmentation head: ReLU -> 3x3 conv-BN-ReLU -> 1x1 classifier (published `segmenthead_c`)."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, num_labels: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.input_act = nn.ReLU()
+        self.conv = ConvNormAct(in_channels, hidden_channels, 3, eps=eps, momentum=momentum)
+        self.classifier = nn.Conv2d(hidden_channels, num_labels, 1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.conv(self.input_act(hidden_states)))
+
+
+class AuxiliaryHead(nn.Module):
+    """An auxiliary (deep supervision) head: BN -> ReLU -> 3x3 conv-BN-ReLU -> 1x1 classifier (`segmenthead`)."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, num_labels: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.input_norm = nn.BatchNorm2d(in_channels, eps=eps, momentum=momentum)
+        self.input_act = nn.ReLU()
+        self.conv = ConvNormAct(in_channels, hidden_channels, 3, eps=eps, momentum=momentum)
+        self.classifier = nn.Conv2d(hidden_channels, num_labels, 1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.conv(self.input_act(self.input_norm(hidden_states))))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loss
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _weighted_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None, ignore_index: int
+) -> torch.Tensor:
+    """torch's mean cross-entropy (a weighted mean with class weights), but 0 instead of NaN when every pixel
+    is ignored, and without a host synchronisation."""
+    losses = F.cross_entropy(logits, labels, weight=weight, ignore_index=ignore_index, reduction="none")
+    valid = labels != ignore_index
+    if weight is None:
+        denominator = valid.sum()
+    else:
+        denominator = torch.where(valid, weight[labels.clamp(0, weight.numel() - 1)], 0).sum()
+    return losses.sum() / denominator.clamp_min(torch.finfo(losses.dtype).tiny)
+
+
+def ohem_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    threshold: float = 0.9,
+    min_kept: int = 131072,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Online hard example mining cross-entropy, as published.
+
+    Per-pixel losses (times `weight[label]` with class weights) of non-ignored pixels whose true-class
+    probability is strictly below `max(p_sorted[min(min_kept, n_valid - 1)], threshold)`, averaged plainly.
+    Written without data-dependent shapes so it needs no host synchronisation; 0 when no pixel is valid.
+    """
+    log_probs = F.log_softmax(logits.float(), dim=1)
+    valid = labels != ignore_index
+    safe_labels = torch.where(valid, labels, 0)
+    nll = -log_probs.gather(1, safe_labels.unsqueeze(1)).squeeze(1)
+    pixel_losses = nll if weight is None else nll * weight[safe_labels]
+    with torch.no_grad():
+        true_class_prob = torch.exp(-nll).flatten()
+        flat_valid = valid.flatten()
+        # Ignored pixels sort last, so the k-th smallest valid probability sits at index k.
+        sorted_probs = torch.where(flat_valid, true_class_prob, torch.inf).sort().values
+        kth = (flat_valid.sum() - 1).clamp(min=0).clamp(max=min_kept)
+        pivot = sorted_probs.gather(0, kth.reshape(1)).squeeze(0)
+        cutoff = torch.clamp(pivot, min=threshold)
+        kept = flat_valid & (true_class_prob < cutoff)
+    kept_losses = torch.where(kept, pixel_losses.flatten(), 0)
+    return kept_losses.sum() / kept.sum().clamp_min(1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DSNetModelOutput(ModelOutput):
+    """
+    Output of [`DSNetModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, decoder_channels, height / 8, width / 8)`):
+            The fused detail features after the atrous pyramid and its projection, the decoder's main input.
+        skip_hidden_state (`torch.FloatTensor` of shape `(batch_size, skip_channels, height / 4, width / 4)`):
+            The 1/4-resolution skip feature the decoder concatenates.
+        fusion_hidden_states (`tuple(torch.FloatTensor)`):
+            The detail-branch features right after each of the three fusions (the first two feed the auxiliary
+            heads).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            stem, shared stage 1 (1/4), shared stage 2 (1/8), the three fused features and the pyramid output.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            The three fusion weight maps `w` (values in (0, 1), shape `(batch_size, 4p, height / 8, width / 8)`):
+            the share of the detail branch in each fused pixel is `w`, the context branch's `1 - w`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    skip_hidden_state: torch.FloatTensor | None = None
+    fusion_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class DSNetSemanticSegmenterOutput(SemanticSegmenterOutput):
+    """
+    [`SemanticSegmenterOutput`] with DSNet's extras.
+
+    Args:
+        loss: total published loss (`main_loss_weight * main + sum(auxiliary_loss_weights * auxiliary)`).
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height / 4, width / 4)`):
+            Main-head logits at 1/4 of the input resolution, as SegFormer does; upsample them (or use the image
+            processor's `post_process_semantic_segmentation`) for full-resolution maps.
+        hidden_states, attentions: as in [`DSNetModelOutput`]; attentions are the three MSAF weight maps.
+        main_loss: the main head's (OHEM) loss term, unweighted.
+        auxiliary_losses: the two auxiliary heads' cross-entropy terms, unweighted.
+        auxiliary_logits: the two auxiliary heads' logits at 1/8 resolution (returned in training, with labels,
+            or with `output_auxiliary_logits=True`).
+    """
+
+    main_loss: torch.FloatTensor | None = None
+    auxiliary_losses: tuple[torch.FloatTensor, ...] | None = None
+    auxiliary_logits: tuple[torch.FloatTensor, ...] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretrained model base
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DSNetPreTrainedModel(PreTrainedModel):
+    config: DSNetConfig
+    config_class = DSNetConfig
+    base_model_prefix = "dsnet"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The published code: Kaiming-normal (fan_out, ReLU) convolutions, BatchNorms at identity.
+        if isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            if getattr(module, "num_batches_tracked", None) is not None:
+                init.zeros_(module.num_batches_tracked)
+
+    def _fuse_batch_norms(self) -> None:
+        for module in self.modules():
+            if isinstance(module, ConvNormAct):
+                module.fuse_norm()
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
+        if pixel_values.ndim != 4:
+            hint = " Add a batch dimension with pixel_values.unsqueeze(0)." if pixel_values.ndim == 3 else ""
+            raise ValueError(
+                f"pixel_values must be a 4-D tensor (batch, channels, height, width), got a {pixel_values.ndim}-D "
+                f"tensor of shape {tuple(pixel_values.shape)}.{hint}"
+            )
+        if pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values has {pixel_values.shape[1]} channels but the model expects config.num_channels="
+                f"{self.config.num_channels} (shape {tuple(pixel_values.shape)}; channels come second, NCHW). "
+                "Convert images to RGB, or use the image processor."
+            )
+        if not pixel_values.is_floating_point():
+            raise TypeError(
+                f"pixel_values must be a floating point tensor, got {pixel_values.dtype}; rescale and normalise "
+                "images first (the image processor does)."
+            )
+        if self.training and pixel_values.shape[0] < 2:
+            batch_norms = [m for m in self.modules() if type(m) is nn.BatchNorm2d and m.training]
+            if batch_norms:
+                raise ValueError(
+                    "DSNet got a single image in training mode: the pooled BatchNorms inside MSAF and the atrous "
+                    "pyramid compute statistics over one value per channel, which is undefined. Use at least 2 "
+                    "images per batch (per process), convert BatchNorms to SyncBatchNorm when training on several "
+                    "devices, call model.eval() for inference, or freeze the BatchNorms (module.eval())."
+                )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoder
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DSNetModel(DSNetPreTrainedModel):
+    """The DSNet encoder: shared stem and stages, the context and detail branches, their three fusions and the
+    atrous pyramid. Returns the decoder's inputs (1/8 fused features, 1/4 skip features)."""
+
+    def __init__(self, config: DSNetConfig):
+        super().__init__(config)
+        p = config.base_channels
+        norm = _norm_args(config)
+        detail, context = config.detail_channels, config.context_channels
+
+        self.stem = nn.Sequential(
+            ConvNormAct(config.num_channels, p, 3, stride=2, bias=True, **norm),
+            ConvNormAct(p, p, 3, stride=2, bias=True, **norm),
+        )
+        self.shared_stage1 = residual_stage(BasicBlock, p, p, config.shared_depth, **norm)  # 1/4
+        self.skip_stage = residual_stage(BasicBlock, p, config.skip_channels, 1, **norm)  # 1/4 skip
+        self.shared_stage2 = residual_stage(BasicBlock, p, 2 * p, config.shared_depth, stride=2, **norm)  # 1/8
+
+        self.context_branch = nn.ModuleList(
+            [
+                nn.Sequential(
+                    MultiScaleAtrousBlock(2 * p, 2 * p, detail, (2, 2, 2), **norm),
+                    MultiScaleAtrousBlock(detail, detail, detail, (2, 2, 2), **norm),
+                    MultiScaleAtrousBlock(detail, detail, detail, (3, 3, 3), **norm),
+                ),
+                nn.Sequential(
+                    MultiScaleAtrousBlock(detail, detail, context, (3, 3, 3), **norm),
+                    *[
+                        MultiScaleAtrousBlock(context, context, context, (5, 5, 5), **norm)
+                        for _ in range(config.context_depth - 1)
+                    ],
+                ),
+                residual_stage(Bottleneck, context, context // 2, 1, dilation=5, **norm),
+            ]
+        )
+        self.detail_branch = nn.ModuleList(
+            [
+                residual_stage(BasicBlock, 2 * p, detail, config.detail_depth, **norm),
+                residual_stage(BasicBlock, detail, detail, config.detail_depth, **norm),
+                residual_stage(Bottleneck, detail, detail // 2, 1, **norm),
+            ]
+        )
+        # 1x1 projections bringing each context stage to the detail branch's width before fusing.
+        self.context_projections = nn.ModuleList(
+            ConvNormAct(width, detail, 1, activation=False, **norm) for width in (detail, context, context)
+        )
+        self.fusions = nn.ModuleList(self._make_fusion(config) for _ in range(3))
+        self.pyramid = AtrousPyramid(
+            detail, config.pyramid_channels, config.pyramid_channels, config.pyramid_dilations, **norm
+        )
+        self.pyramid_projection = ConvNormAct(
+            config.pyramid_channels, config.decoder_channels, 3, activation=False, **norm
+        )
+        self.post_init()
+        if config.deploy_mode:
+            self._fuse_batch_norms()
+
+    @staticmethod
+    def _make_fusion(config: DSNetConfig) -> nn.Module:
+        norm = _norm_args(config)
+        if config.fusion_type == "add":
+            return AdditiveFusion()
+        sizes = config.fusion_context_sizes if config.fusion_type == "msaf" else ()
+        return MSAF(config.detail_channels, config.fusion_reduction, sizes, **norm)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DSNetModelOutput | tuple:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_pixel_values(pixel_values)
+
+        stem = self.stem(pixel_values)
+        shared1 = self.shared_stage1(stem)
+        skip = self.skip_stage(shared1)
+        shared2 = F.relu(self.shared_stage2(F.relu(shared1)))
+
+        detail, context = shared2, shared2
+        fused_features, weights = [], []
+        for index in range(3):
+            if index > 0:
+                detail = F.relu(detail)
+            detail = self.detail_branch[index](detail)
+            context = self.context_branch[index](context)
+            if index == 2:
+                context = F.relu(context)
+            detail, weight = self.fusions[index](detail, self.context_projections[index](context), return_weights=True)
+            fused_features.append(detail)
+            weights.append(weight)
+        features = self.pyramid_projection(self.pyramid(F.relu(detail)))
+
+        hidden_states = (stem, shared1, shared2, *fused_features, features) if output_hidden_states else None
+        attentions = tuple(weights) if output_attentions else None
+        if not return_dict:
+            return tuple(
+                v for v in (features, skip, tuple(fused_features), hidden_states, attentions) if v is not None
+            )
+        return DSNetModelOutput(
+            last_hidden_state=features,
+            skip_hidden_state=skip,
+            fusion_hidden_states=tuple(fused_features),
+            hidden_states=hidden_states,
+            attentions=attentions,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Semantic segmentation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DSNetForSemanticSegmentation(DSNetPreTrainedModel):
+    """DSNet with its segmentation heads and the published training loss.
+
+    `logits` come at 1/4 of the input resolution (like SegFormer); with `labels` the loss is computed after
+    upsampling every head's logits bilinearly to the label size: `0.6 * OHEM-CE(main) + 0.2 * CE(aux1) +
+    0.2 * CE(aux2)` by default (see [`DSNetConfig`]).
+    """
+
+    def __init__(self, config: DSNetConfig):
+        super().__init__(config)
+        norm = _norm_args(config)
+        self.dsnet = DSNetModel(config)
+        self.decode_head = MainHead(
+            config.decoder_channels + config.skip_channels, config.decoder_channels, config.num_labels, **norm
+        )
+        use_aux = config.use_auxiliary_heads and not config.deploy_mode
+        detail = config.detail_channels
+        # Deep supervision on the detail branch right after the first and second fusions.
+        self.auxiliary_heads = (
+            nn.ModuleList(
+                [
+                    AuxiliaryHead(detail, detail, config.num_labels, **norm),
+                    AuxiliaryHead(detail, config.base_channels, config.num_labels, **norm),
+                ]
+            )
+            if use_aux
+            else None
+        )
+        class_weights = torch.tensor(config.class_weights, dtype=torch.float32) if config.class_weights else None
+        # Not persistent: the weights live in the config, so checkpoints stay free of loss state.
+        self.register_buffer("class_weights", class_weights, persistent=False)
+        self.post_init()
+        if config.deploy_mode:
+            self._fuse_batch_norms()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        output_auxiliary_logits: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DSNetSemanticSegmenterOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+            Ground-truth class ids in `[0, num_labels)` or `config.semantic_loss_ignore_index`. Any size: the
+            logits are upsampled to it for the loss.
+        output_auxiliary_logits (`bool`, *optional*):
+            Also return the auxiliary heads' logits (always done in training mode or with labels).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if labels is not None:
+            self._check_labels(labels, pixel_values)
+        outputs = self.dsnet(
+            pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        skip = outputs.skip_hidden_state
+        upsampled = F.interpolate(
+            outputs.last_hidden_state, size=skip.shape[-2:], mode="bilinear", align_corners=False
+        )
+        logits = self.decode_head(torch.cat([upsampled, skip], dim=1))
+
+        auxiliary_logits = None
+        want_aux = self.training or labels is not None or bool(output_auxiliary_logits)
+        if self.auxiliary_heads is not None and want_aux:
+            auxiliary_logits = tuple(
+                head(features) for head, features in zip(self.auxiliary_heads, outputs.fusion_hidden_states)
+            )
+
+        loss = main_loss = auxiliary_losses = None
+        if labels is not None:
+            loss, main_loss, auxiliary_losses = self.compute_loss(logits, auxiliary_logits, labels)
+
+        if not return_dict:
+            output = (logits,) + tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
+            return ((loss,) + output) if loss is not None else output
+        return DSNetSemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            main_loss=main_loss,
+            auxiliary_losses=auxiliary_losses,
+            auxiliary_logits=auxiliary_logits,
+        )
+
+    def compute_loss(
+        self,
+        logits: torch.Tensor,
+        auxiliary_logits: Sequence[torch.Tensor] | None,
+        labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """The published loss; every head's logits are upsampled bilinearly to the label size first."""
+        config = self.config
+        ignore_index = config.semantic_loss_ignore_index
+        weight = self.class_weights
+
+        def upsample(t: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(t.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+
+        if config.use_ohem:
+            main_loss = ohem_cross_entropy(
+                upsample(logits), labels, config.ohem_threshold, config.ohem_min_kept, weight, ignore_index
+            )
+        else:
+            main_loss = _weighted_cross_entropy(upsample(logits), labels, weight, ignore_index)
+        loss = config.main_loss_weight * main_loss
+        auxiliary_losses = None
+        if auxiliary_logits is not None:
+            auxiliary_losses = tuple(
+                _weighted_cross_entropy(upsample(aux), labels, weight, ignore_index) for aux in auxiliary_logits
+            )
+            for aux_weight, aux_loss in zip(config.auxiliary_loss_weights, auxiliary_losses):
+                loss = loss + aux_weight * aux_loss
+        return loss, main_loss, auxiliary_losses
+
+    def _check_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
+        if labels.ndim != 3:
+            raise ValueError(
+                f"labels must be a 3-D tensor (batch, height, width) of class ids, got shape {tuple(labels.shape)}."
+            )
+        if labels.shape[0] != pixel_values.shape[0]:
+            raise ValueError(
+                f"labels has batch size {labels.shape[0]} but pixel_values has {pixel_values.shape[0]}."
+            )
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be an integer tensor of class ids, got {labels.dtype}.")
+        # The value check needs the data on the host: done for CPU tensors (free), skipped on accelerators to
+        # avoid a synchronisation per step (the training data pipeline validates labels before they get there).
+        if labels.device.type == "cpu" and not torch.compiler.is_compiling():
+            ignore_index = self.config.semantic_loss_ignore_index
+            bad = ((labels < 0) | (labels >= self.config.num_labels)) & (labels != ignore_index)
+            if bool(bad.any()):
+                values = torch.unique(labels[bad])[:10].tolist()
+                raise ValueError(
+                    f"labels contain values {values} outside [0, num_labels={self.config.num_labels}) that are not "
+                    f"the ignore index {ignore_index}. Map void classes to {ignore_index} (or set "
+                    "config.semantic_loss_ignore_index), or load the model with the right num_labels."
+                )
+
+    def to_deploy(self) -> DSNetForSemanticSegmentation:
+        """Prepare the model for fast inference, in place: fold every BatchNorm into its convolution, drop the
+        auxiliary heads and use channels-last memory. Recorded in the config (`deploy_mode=True`), so the model
+        saves and loads in this form. Puts the model in eval mode; the result is not meant for training."""
+        self.eval()
+        self._fuse_batch_norms()
+        self.auxiliary_heads = None
+        self.config.deploy_mode = True
+        self.config.use_auxiliary_heads = False
+        return self.to(memory_format=torch.channels_last)
+
+
+__all__ = [
+    "MSAF",
+    "DSNetModel",
+    "DSNetForSemanticSegmentation",
+    "DSNetPreTrainedModel",
+    "DSNetModelOutput",
+    "DSNetSemanticSegmenterOutput",
+    "ohem_cross_entropy",
+]
