@@ -345,11 +345,14 @@ def convert_original_checkpoint(
 
 def default_id2label(num_labels: int) -> dict[int, str]:
     """Class names for the datasets the published checkpoints were trained on, else generic names."""
-    from .data import CAMVID_CLASSES, CITYSCAPES_CLASSES  # local: data pulls in `datasets`
+    from .data import CITYSCAPES_ID2LABEL, load_id2label_file  # local: data pulls in `datasets`
+    from .presets import configuration_dir
 
-    known = {19: CITYSCAPES_CLASSES, 11: CAMVID_CLASSES}
-    names = known.get(num_labels) or [f"class_{i}" for i in range(num_labels)]
-    return dict(enumerate(names))
+    if num_labels == 19:  # Cityscapes (BDD10K shares its classes)
+        return dict(CITYSCAPES_ID2LABEL)
+    if num_labels == 11:
+        return load_id2label_file(configuration_dir() / "camvid_id2label.json")
+    return {i: f"class_{i}" for i in range(num_labels)}
 
 
 def convert_to_folder(

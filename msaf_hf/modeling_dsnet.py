@@ -495,6 +495,15 @@ class DSNetPreTrainedModel(PreTrainedModel):
             if getattr(module, "num_batches_tracked", None) is not None:
                 init.zeros_(module.num_batches_tracked)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # Record both Auto classes DSNet serves, so remote code loads the encoder and the segmenter alike.
+        if self._auto_class is not None:
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map.setdefault("AutoModel", "modeling_dsnet.DSNetModel")
+            auto_map.setdefault("AutoModelForSemanticSegmentation", "modeling_dsnet.DSNetForSemanticSegmentation")
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def _fuse_batch_norms(self) -> None:
         for module in self.modules():
             if isinstance(module, ConvNormAct):
@@ -539,6 +548,9 @@ class DSNetPreTrainedModel(PreTrainedModel):
 class DSNetModel(DSNetPreTrainedModel):
     """The DSNet encoder: shared stem and stages, the context and detail branches, their three fusions and the
     atrous pyramid. Returns the decoder's inputs (1/8 fused features, 1/4 skip features)."""
+
+    # Loading a segmentation checkpoint into the bare encoder: the heads are expected leftovers.
+    _keys_to_ignore_on_load_unexpected = [r"^decode_head\.", r"^auxiliary_heads\."]
 
     def __init__(self, config: DSNetConfig):
         super().__init__(config)
