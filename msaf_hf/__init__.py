@@ -23,6 +23,7 @@ from .modeling_dsnet import (
     DSNetPreTrainedModel,
     DSNetSemanticSegmenterOutput,
 )
+from .metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
 from .presets import list_presets, load_preset
 
 __version__ = "0.1.0"
@@ -30,7 +31,7 @@ __version__ = "0.1.0"
 AutoConfig.register(DSNetConfig.model_type, DSNetConfig, exist_ok=True)
 AutoModel.register(DSNetConfig, DSNetModel, exist_ok=True)
 AutoModelForSemanticSegmentation.register(DSNetConfig, DSNetForSemanticSegmentation, exist_ok=True)
-AutoImageProcessor.register(DSNetConfig, DSNetImageProcessor, exist_ok=True)
+AutoImageProcessor.register(DSNetConfig, image_processor_classes={"pil": DSNetImageProcessor}, exist_ok=True)
 
 DSNetConfig.register_for_auto_class()
 DSNetModel.register_for_auto_class("AutoModel")
@@ -66,6 +67,8 @@ __all__ = [
     "DSNetPreTrainedModel",
     "DSNetSemanticSegmenterOutput",
     "MSAF",
+    "SegmentationConfusionMatrix",
+    "metrics_from_confusion_matrix",
     "list_presets",
     "load_preset",
 ]

@@ -326,7 +326,8 @@ def _as_image_list(images: ImageInput) -> list[Any]:
 
 
 def _split_images(image: Any, name: str, allow_batch: bool) -> list[Any]:
-    if isinstance(image, PIL.Image.Image):
+    if isinstance(image, (PIL.Image.Image, str)):
+        # Strings are paths/URLs: the base class' `fetch_images` loads them, as for every transformers processor.
         return [image]
     image = _to_numpy(image)
     if not isinstance(image, np.ndarray):

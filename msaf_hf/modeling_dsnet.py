@@ -64,23 +64,34 @@ class ConvNormAct(nn.Module):
             bias=bias,
         )
         self.norm: nn.Module = nn.BatchNorm2d(out_channels, eps=eps, momentum=momentum)
-        self.act = nn.ReLU() if activation else nn.Identity()
+        # In place: it only ever sees the fresh output of the norm (or, once fused, of the convolution), which
+        # neither backward pass needs; this saves an allocation and a memory pass per unit.
+        self.act = nn.ReLU(inplace=True) if activation else nn.Identity()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(hidden_states)))
 
     @torch.no_grad()
     def fuse_norm(self) -> None:
-        """Fold the BatchNorm's running statistics and affine parameters into the convolution (eval only)."""
-        if not isinstance(self.norm, nn.BatchNorm2d):
-            return
+        """Fold the BatchNorm's running statistics and affine parameters into the convolution (eval only).
+
+        Computed in at least float32 precision (a float16/bfloat16 model is folded in float32, then cast back);
+        also folds a `SyncBatchNorm`. A no-op once fused."""
         norm, conv = self.norm, self.conv
-        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
-        fused_bias = (bias - norm.running_mean) * scale + norm.bias
-        conv.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+        if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+            return
+        if norm.running_mean is None or norm.running_var is None:
+            raise ValueError("Cannot fold a BatchNorm without running statistics (track_running_stats=False).")
+        dtype = torch.promote_types(torch.promote_types(conv.weight.dtype, norm.running_var.dtype), torch.float32)
+        weight = conv.weight.to(dtype)
+        gamma = norm.weight.to(dtype) if norm.weight is not None else torch.ones_like(norm.running_var, dtype=dtype)
+        beta = norm.bias.to(dtype) if norm.bias is not None else torch.zeros_like(norm.running_mean, dtype=dtype)
+        scale = gamma / torch.sqrt(norm.running_var.to(dtype) + norm.eps)
+        bias = conv.bias.to(dtype) if conv.bias is not None else torch.zeros_like(scale)
+        fused_bias = (bias - norm.running_mean.to(dtype)) * scale + beta
+        conv.weight.copy_(weight * scale.reshape(-1, 1, 1, 1))
         if conv.bias is None:
-            conv.bias = nn.Parameter(fused_bias)
+            conv.bias = nn.Parameter(fused_bias.to(conv.weight.dtype))
         else:
             conv.bias.copy_(fused_bias)
         self.norm = nn.Identity()
@@ -115,11 +126,12 @@ class BasicBlock(nn.Module):
             if needs_projection
             else nn.Identity()
         )
-        self.final_act = nn.ReLU() if final_relu else nn.Identity()
+        self.final_act = nn.ReLU(inplace=True) if final_relu else nn.Identity()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         out = self.conv2(self.conv1(hidden_states))
-        return self.final_act(out + self.shortcut(hidden_states))
+        out += self.shortcut(hidden_states)  # in place: the branch ends in a norm (no ReLU), whose output backward never needs
+        return self.final_act(out)
 
 
 class Bottleneck(nn.Module):
@@ -149,11 +161,12 @@ class Bottleneck(nn.Module):
             if needs_projection
             else nn.Identity()
         )
-        self.final_act = nn.ReLU() if final_relu else nn.Identity()
+        self.final_act = nn.ReLU(inplace=True) if final_relu else nn.Identity()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         out = self.conv3(self.conv2(self.conv1(hidden_states)))
-        return self.final_act(out + self.shortcut(hidden_states))
+        out += self.shortcut(hidden_states)
+        return self.final_act(out)
 
 
 def residual_stage(
@@ -242,8 +255,13 @@ class AtrousPyramid(nn.Module):
         for conv in self.atrous_convs:
             current = conv(current)
             features.append(current)
-        pooled = self.pooled(F.adaptive_avg_pool2d(hidden_states, 1))
-        features.append(pooled.expand(-1, -1, *hidden_states.shape[-2:]))
+        pooled = self.pooled(F.adaptive_avg_pool2d(hidden_states, 1)).expand(-1, -1, *hidden_states.shape[-2:])
+        if current.is_contiguous(memory_format=torch.channels_last) and not current.is_contiguous():
+            # A broadcast view has no channels-last strides, which would make torch.cat fall back to a
+            # contiguous (NCHW) result, transposed again by the next convolution: materialise it channels-last.
+            pooled = pooled.contiguous(memory_format=torch.channels_last)
+        features.append(pooled)
+        # Not in place: both terms are ReLU outputs, which ReLU's backward needs.
         fused = self.fuse(torch.cat(features, dim=1)) + self.shortcut(hidden_states)
         return self.output(fused)
 
@@ -317,12 +335,17 @@ class MSAF(nn.Module):
         height, width = x.shape[-2:]
         summed = x + residual
         # Same summation order as the published module: local, global, then contexts from small to large pools.
-        logits = self.local_attention(summed) + self.global_attention(F.adaptive_avg_pool2d(summed, 1))
+        # In place on the local path's fresh output, which no backward pass needs.
+        logits = self.local_attention(summed)
+        logits += self.global_attention(F.adaptive_avg_pool2d(summed, 1))
         for size, path in zip(self.context_sizes, self.context_attentions):
             context = path(F.adaptive_avg_pool2d(summed, size))
-            logits = logits + F.interpolate(context, size=(height, width), mode="nearest")
+            logits += F.interpolate(context, size=(height, width), mode="nearest")
         weights = torch.sigmoid(logits)
-        out = 2 * x * weights + 2 * residual * (1 - weights)
+        # 2*x*w + 2*r*(1-w), computed as 2*(x*w + r*(1-w)): bit-identical (scaling by 2 is exact), fewer passes.
+        out = x * weights
+        out += residual * (1 - weights)
+        out *= 2
         return (out, weights) if return_weights else out
 
 
@@ -341,7 +364,7 @@ class MainHead(nn.Module):
 
     def __init__(self, in_channels: int, hidden_channels: int, num_labels: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
-        self.input_act = nn.ReLU()
+        self.input_act = nn.ReLU(inplace=True)  # its input is the decoder's fresh concatenation
         self.conv = ConvNormAct(in_channels, hidden_channels, 3, eps=eps, momentum=momentum)
         self.classifier = nn.Conv2d(hidden_channels, num_labels, 1)
 
@@ -509,6 +532,17 @@ class DSNetPreTrainedModel(PreTrainedModel):
             if isinstance(module, ConvNormAct):
                 module.fuse_norm()
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a deployed checkpoint (`config.deploy_mode`, see
+        `DSNetForSemanticSegmentation.to_deploy`) is built fused and returned in channels-last memory, the form
+        `to_deploy()` left it in (memory layout is not part of a checkpoint)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if getattr(model.config, "deploy_mode", False):
+            model.to(memory_format=torch.channels_last)
+        return loaded
+
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         if not isinstance(pixel_values, torch.Tensor):
             raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
@@ -631,7 +665,7 @@ class DSNetModel(DSNetPreTrainedModel):
         stem = self.stem(pixel_values)
         shared1 = self.shared_stage1(stem)
         skip = self.skip_stage(shared1)
-        shared2 = F.relu(self.shared_stage2(F.relu(shared1)))
+        shared2 = F.relu(self.shared_stage2(F.relu(shared1)), inplace=True)  # in place on the stage's fresh sum
 
         detail, context = shared2, shared2
         fused_features, weights = [], []
@@ -641,7 +675,7 @@ class DSNetModel(DSNetPreTrainedModel):
             detail = self.detail_branch[index](detail)
             context = self.context_branch[index](context)
             if index == 2:
-                context = F.relu(context)
+                context = F.relu(context, inplace=True)
             detail, weight = self.fusions[index](detail, self.context_projections[index](context), return_weights=True)
             fused_features.append(detail)
             weights.append(weight)
@@ -818,7 +852,10 @@ class DSNetForSemanticSegmentation(DSNetPreTrainedModel):
         saves and loads in this form. Puts the model in eval mode; the result is not meant for training."""
         self.eval()
         self._fuse_batch_norms()
-        self.auxiliary_heads = None
+        self.auxiliary_heads = None  # their leading BatchNorm (BN -> ReLU -> conv) could not be folded anyway
+        left = [name for name, m in self.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if left:
+            raise RuntimeError(f"to_deploy() could not fold these BatchNorms into a convolution: {left}.")
         self.config.deploy_mode = True
         self.config.use_auxiliary_heads = False
         return self.to(memory_format=torch.channels_last)

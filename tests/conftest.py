@@ -14,6 +14,8 @@ REFERENCE = SHARED / "reference"
 CAMVID = SHARED / "data" / "camvid"
 PARITY_CASES = ["dsnet_head128_full", "dsnet_head64_tiny", "dsnet_head256_tiny", "dsnet_m_tiny"]
 
+from hub_fixtures import local_hub, local_hub_client  # noqa: E402,F401  (the local Hub-protocol server)
+
 torch.set_num_threads(2)
 
 

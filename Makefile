@@ -1,0 +1,27 @@
+# Set-up is part of every target: a fresh machine needs only python3 (3.10+) and make.
+PYTHON ?= python3
+VENV ?= .venv
+# A CPU build of torch, installed before anything else can pull a multi-GB CUDA build. On a GPU machine,
+# use `make TORCH_SPEC=torch ...` (or any torch>=2.4 you already have).
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: quickstart test setup clean
+
+quickstart: $(VENV)/.installed  ## train + evaluate a small DSNet on the built-in synthetic set (no network, no data)
+	$(BIN)/python scripts/train.py --config configuration/quickstart.yaml
+
+test: $(VENV)/.installed  ## run the test suite
+	$(BIN)/python -m pytest -q
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,385 @@
+"""Helpers to measure DSNet (and a transformers peer, SegFormer-B0): parameters, FLOPs, inference latency and
+throughput, and training throughput. `scripts/benchmark.py` is the command-line front end; the functions here
+return plain dictionaries so that results can be tabulated or written as JSON.
+
+Timing protocol: the callable is run `warmup` times untimed, then `repeats` times, each repeat timing `number`
+consecutive calls (the device is synchronised before and after each repeat). Latency is reported per call
+(one batch); throughput is `batch_size / median latency`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+DSNET_PRESETS = ("dsnet", "dsnet-head64", "dsnet-head256", "dsnet-base")
+PEER_MODELS = ("segformer-b0",)
+MODEL_NAMES = DSNET_PRESETS + PEER_MODELS
+INFERENCE_VARIANTS = ("eval", "deploy")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Models
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def build_model(name: str, num_labels: int = 19, seed: int = 0) -> nn.Module:
+    """A randomly initialised model by name: a DSNet preset (`dsnet`, `dsnet-head64`, `dsnet-head256`,
+    `dsnet-base`, with auxiliary heads as published) or the peer `segformer-b0` (transformers'
+    `SegformerForSemanticSegmentation` with the B0 defaults of `SegformerConfig`). Nothing is downloaded.
+
+    DSNet's BatchNorms get non-trivial running statistics so that folding them is not a no-op."""
+    torch.manual_seed(seed)
+    if name in DSNET_PRESETS:
+        from .modeling_dsnet import DSNetForSemanticSegmentation
+        from .presets import load_preset
+
+        model = DSNetForSemanticSegmentation(load_preset(name, num_labels=num_labels))
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    shape = module.running_mean.shape
+                    module.running_mean.copy_(torch.rand(shape, generator=generator) * 0.2 - 0.1)
+                    module.running_var.copy_(torch.rand(shape, generator=generator) + 0.5)
+                    module.weight.copy_(torch.rand(shape, generator=generator) * 0.5 + 0.75)
+                    module.bias.copy_(torch.rand(shape, generator=generator) * 0.2 - 0.1)
+        return model
+    if name == "segformer-b0":
+        from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+        return SegformerForSemanticSegmentation(SegformerConfig(num_labels=num_labels))
+    raise ValueError(f"Unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}.")
+
+
+def is_dsnet(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "model_type", None) == "dsnet"
+
+
+def resolve_memory_format(memory_format: str, variant: str) -> torch.memory_format:
+    """`auto` keeps the model as its variant leaves it: contiguous for `eval`, channels-last for `deploy`."""
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}.")
+    if memory_format == "auto":
+        return torch.channels_last if variant == "deploy" else torch.contiguous_format
+    return torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+
+
+def prepare_inference_model(
+    model: nn.Module,
+    variant: str = "eval",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    compile_mode: str = "none",
+) -> nn.Module:
+    """Put `model` in the benchmarked form. `eval`: `model.eval()`; `deploy` (DSNet only): `model.to_deploy()`
+    (BatchNorms folded, auxiliary heads dropped). Folding happens in float32 before any dtype cast."""
+    if variant not in INFERENCE_VARIANTS:
+        raise ValueError(f"variant must be one of {INFERENCE_VARIANTS}, got {variant!r}.")
+    if compile_mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}.")
+    model = model.eval()
+    if variant == "deploy":
+        if not hasattr(model, "to_deploy"):
+            raise ValueError(f"variant 'deploy' needs a DSNet model; {type(model).__name__} has no to_deploy().")
+        model = model.to_deploy()
+    model = model.to(device=device, dtype=dtype).to(memory_format=memory_format)
+    if compile_mode != "none":
+        model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Counting
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, pixel_values_shape: tuple[int, int, int, int], **forward_kwargs: Any) -> int:
+    """FLOPs of one forward pass, from `torch.utils.flop_counter.FlopCounterMode` (a multiply-add counts as
+    2 FLOPs; convolutions and matrix products only, elementwise ops and normalisation are not counted). Run on
+    a copy of the model on the meta device, so nothing is computed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta_model = copy.deepcopy(model).to("meta")
+    dtype = next(meta_model.parameters()).dtype
+    pixel_values = torch.empty(pixel_values_shape, device="meta", dtype=dtype)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        meta_model(pixel_values=pixel_values, **forward_kwargs)
+    return int(counter.get_total_flops())
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Timing
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    """Seconds per call of each timed repeat, with summary statistics."""
+
+    times_s: list[float]
+    number: int
+    median_s: float = field(init=False)
+    min_s: float = field(init=False)
+    max_s: float = field(init=False)
+    iqr_s: float = field(init=False)
+    stdev_s: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.times_s:
+            raise ValueError("Timing needs at least one timed repeat.")
+        ordered = sorted(self.times_s)
+        self.median_s = statistics.median(ordered)
+        self.min_s, self.max_s = ordered[0], ordered[-1]
+        if len(ordered) >= 4:
+            quartiles = statistics.quantiles(ordered, n=4)
+            self.iqr_s = quartiles[2] - quartiles[0]
+        else:
+            self.iqr_s = self.max_s - self.min_s
+        self.stdev_s = statistics.stdev(ordered) if len(ordered) > 1 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def synchronize(device: torch.device | str) -> None:
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+    elif device.type == "xpu":
+        torch.xpu.synchronize(device)
+
+
+def time_callable(
+    fn: Callable[[], Any],
+    device: torch.device | str = "cpu",
+    warmup: int = 2,
+    repeats: int = 5,
+    number: int = 1,
+) -> Timing:
+    """Run `fn` `warmup` times, then time `repeats` repeats of `number` calls each; seconds per call."""
+    if repeats < 1 or number < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1, number >= 1, warmup >= 0; got {repeats}, {number}, {warmup}.")
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        synchronize(device)
+        times.append((time.perf_counter() - start) / number)
+    return Timing(times, number)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Benchmarks
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def benchmark_inference(
+    name: str,
+    variant: str = "eval",
+    height: int = 512,
+    width: int = 1024,
+    batch_size: int = 1,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    memory_format: str = "auto",
+    compile_mode: str = "none",
+    warmup: int = 2,
+    repeats: int = 5,
+    number: int = 1,
+    num_labels: int = 19,
+    count_flops_too: bool = True,
+    inductor_freezing: bool = False,
+) -> dict[str, Any]:
+    """Parameters, FLOPs and forward latency / images per second of one model variant (no labels: the
+    inference path, under `torch.inference_mode`). `inductor_freezing` compiles with
+    `torch._inductor.config.freezing` (weights as constants: on CPU, prepacked oneDNN convolutions fused with
+    their activations)."""
+    if name in PEER_MODELS and variant != "eval":
+        raise ValueError(f"{name} has only the 'eval' variant, got {variant!r}.")
+    device = torch.device(device)
+    fmt = resolve_memory_format(memory_format, variant)
+    model = build_model(name, num_labels)
+    model = prepare_inference_model(model, variant, device, dtype, fmt, "none")
+    shape = (batch_size, 3, height, width)
+    params = count_parameters(model)
+    flops = count_flops(model, shape) if count_flops_too else None
+    if compile_mode != "none":
+        if inductor_freezing:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
+        model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
+    pixel_values = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
+
+    def step() -> torch.Tensor:
+        return model(pixel_values=pixel_values, return_dict=False)[0]
+
+    with torch.inference_mode():
+        first_call = time.perf_counter()
+        step()  # the first call pays for compilation (when compiling) and one-off allocations
+        synchronize(device)
+        first_call_s = time.perf_counter() - first_call
+        timing = time_callable(step, device, warmup, repeats, number)
+    return {
+        "mode": "inference",
+        "model": name,
+        "variant": variant,
+        "batch_size": batch_size,
+        "height": height,
+        "width": width,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device),
+        "memory_format": "channels_last" if fmt == torch.channels_last else "contiguous",
+        "compile": compile_mode + ("+freezing" if compile_mode != "none" and inductor_freezing else ""),
+        "params": params,
+        "flops_per_image": None if flops is None else flops / batch_size,
+        "first_call_s": first_call_s,
+        "latency": timing.as_dict(),
+        "images_per_s": batch_size / timing.median_s,
+    }
+
+
+def random_labels(
+    batch_size: int, height: int, width: int, num_labels: int, ignore_index: int = 255, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """Random class ids with about 10% of the pixels set to `ignore_index`."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, num_labels, (batch_size, height, width), generator=generator)
+    labels[torch.rand(labels.shape, generator=generator) < 0.1] = ignore_index
+    return labels.to(device)
+
+
+def benchmark_training(
+    name: str,
+    height: int = 512,
+    width: int = 1024,
+    batch_size: int = 2,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    channels_last: bool = False,
+    compile_mode: str = "none",
+    warmup: int = 1,
+    repeats: int = 3,
+    num_labels: int = 19,
+) -> dict[str, Any]:
+    """Images per second of full training steps: forward with labels (the model's own loss; DSNet: the
+    published OHEM + auxiliary loss), backward, SGD step (lr 0.01, momentum 0.9, weight decay 5e-4, as
+    published). Float32 weights; with `dtype` float16/bfloat16 the forward runs under autocast (float16 with
+    a gradient scaler). No host synchronisation inside the step other than the model's own."""
+    if batch_size < 2 and name in DSNET_PRESETS:
+        raise ValueError("DSNet training needs at least 2 images per batch (the pooled BatchNorms).")
+    device = torch.device(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(name, num_labels).to(device).to(memory_format=fmt).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    use_autocast = dtype != torch.float32
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    pixel_values = torch.randn(batch_size, 3, height, width, device=device).contiguous(memory_format=fmt)
+    labels = random_labels(batch_size, height, width, num_labels, device=device)
+    forward = model if compile_mode == "none" else torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
+
+    def step() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=use_autocast):
+            loss = forward(pixel_values=pixel_values, labels=labels).loss
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss
+
+    first_call = time.perf_counter()
+    loss = step()
+    synchronize(device)
+    first_call_s = time.perf_counter() - first_call
+    timing = time_callable(step, device, warmup, repeats, 1)
+    final_loss = float(step().detach())
+    if not math.isfinite(final_loss):
+        raise RuntimeError(f"{name}: the training loss became {final_loss} during the benchmark.")
+    return {
+        "mode": "training",
+        "model": name,
+        "variant": "train",
+        "batch_size": batch_size,
+        "height": height,
+        "width": width,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device),
+        "memory_format": "channels_last" if channels_last else "contiguous",
+        "compile": compile_mode,
+        "params": count_parameters(model),
+        "flops_per_image": None,
+        "first_call_s": first_call_s,
+        "first_loss": float(loss.detach()),
+        "latency": timing.as_dict(),
+        "images_per_s": batch_size / timing.median_s,
+    }
+
+
+def environment() -> dict[str, Any]:
+    """What the figures depend on: versions, threads, device name and the load average."""
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+    if hasattr(os, "getloadavg"):
+        info["load_average"] = list(os.getloadavg())
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+__all__ = [
+    "COMPILE_MODES",
+    "DSNET_PRESETS",
+    "DTYPES",
+    "INFERENCE_VARIANTS",
+    "MEMORY_FORMATS",
+    "MODEL_NAMES",
+    "Timing",
+    "benchmark_inference",
+    "benchmark_training",
+    "build_model",
+    "count_flops",
+    "count_parameters",
+    "environment",
+    "prepare_inference_model",
+    "resolve_memory_format",
+    "time_callable",
+]

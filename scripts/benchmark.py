@@ -1,0 +1,298 @@
+#!/usr/bin/env python
+"""Benchmark DSNet (and SegFormer-B0 as a peer): parameters, FLOPs, latency and images/s.
+
+Modes:
+  inference  forward passes without labels, for each model and variant (`eval`: the model in eval mode;
+             `deploy`: `model.to_deploy()`, BatchNorms folded, auxiliary heads dropped, channels-last)
+  training   full training steps (forward with the model's own loss, backward, SGD), with and/or without
+             channels-last
+  metrics    the evaluation metrics (confusion-matrix mIoU etc.) against reference implementations, from
+             scripts/benchmark_metrics.py
+
+Examples (CPU, the figures in the README):
+  python scripts/benchmark.py inference --models dsnet segformer-b0 --variants eval deploy --height 512 --width 1024
+  python scripts/benchmark.py training --models dsnet --height 512 --width 1024 --batch-size 2 --channels-last both
+  python scripts/benchmark.py metrics
+GPU (the paper's setting, 1024x2048, fp16):
+  python scripts/benchmark.py inference --device cuda --dtype float16 --height 1024 --width 2048 \\
+      --variants eval deploy --compile none default --repeats 10 --number 10
+
+One table on stdout; `--json PATH` (or `--json -`) also writes every figure with the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+
+from msaf_hf.benchmarking import (  # noqa: E402
+    COMPILE_MODES,
+    DSNET_PRESETS,
+    DTYPES,
+    INFERENCE_VARIANTS,
+    MEMORY_FORMATS,
+    MODEL_NAMES,
+    benchmark_inference,
+    benchmark_training,
+    environment,
+)
+
+METRICS_SCRIPT = Path(__file__).resolve().parent / "benchmark_metrics.py"
+PAPER_FPS = {"dsnet": 81.9}  # DSNet at 1024x2048 on an RTX 4090-class GPU (published)
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", default=None, choices=MODEL_NAMES, metavar="MODEL",
+                        help=f"models to measure ({', '.join(MODEL_NAMES)})")
+    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--compile", nargs="+", choices=COMPILE_MODES, default=["none"],
+                        help="torch.compile modes to measure ('none' = eager)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls after the first one")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (median and spread over these)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--num-labels", type=int, default=19)
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON ('-': stdout)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    modes = parser.add_subparsers(dest="mode", required=True)
+
+    inference = modes.add_parser("inference", help="forward latency and images/s")
+    _common_arguments(inference)
+    inference.add_argument("--variants", nargs="+", choices=INFERENCE_VARIANTS, default=list(INFERENCE_VARIANTS),
+                           help="DSNet variants (SegFormer is always 'eval')")
+    inference.add_argument("--memory-format", nargs="+", choices=MEMORY_FORMATS, default=["auto"],
+                           help="auto: contiguous for eval, channels-last for deploy (as to_deploy leaves it)")
+    inference.add_argument("--number", type=int, default=1, help="calls per timed repeat (use >1 on GPUs)")
+    inference.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
+    inference.add_argument("--freezing", action="store_true",
+                           help="compile with torch._inductor.config.freezing (CPU: prepacked, fused oneDNN convs)")
+
+    training = modes.add_parser("training", help="images/s of full training steps")
+    _common_arguments(training)
+    training.add_argument("--channels-last", choices=("no", "yes", "both"), default="both")
+
+    metrics = modes.add_parser(
+        "metrics", help="evaluation metrics (msaf_hf.metrics) vs torchmetrics / scikit-learn, CamVid-sized data"
+    )
+    metrics.add_argument("--num-samples", type=int, default=101)
+    metrics.add_argument("--height", type=int, default=360)
+    metrics.add_argument("--width", type=int, default=480)
+    metrics.add_argument("--num-classes", type=int, default=11)
+    metrics.add_argument("--ignore-fraction", type=float, default=0.1)
+    metrics.add_argument("--batch-size", type=int, default=1, help="maps per update() call")
+    metrics.add_argument("--repeats", type=int, default=5)
+    metrics.add_argument("--warmup", type=int, default=1)
+    metrics.add_argument("--device", default="cpu")
+    metrics.add_argument("--seed", type=int, default=0)
+    metrics.add_argument("--threads", type=int, default=None)
+    metrics.add_argument("--skip-slow-baselines", action="store_true",
+                         help="skip torchmetrics with validate_args=True and the scikit-learn timing")
+    metrics.add_argument("--json", default=None, metavar="PATH")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Table
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _format_row(result: dict[str, Any], reference: dict[str, Any] | None) -> list[str]:
+    latency = result["latency"]
+    flops = result.get("flops_per_image")
+    speedup = f"{result['images_per_s'] / reference['images_per_s']:.2f}x" if reference else "-"
+    return [
+        result["model"],
+        result["variant"],
+        result["memory_format"],
+        result["dtype"],
+        result["compile"],
+        f"{result['batch_size']}x{result['height']}x{result['width']}",
+        f"{result['params'] / 1e6:.2f}",
+        "-" if flops is None else f"{flops / 1e9:.1f}",
+        f"{latency['median_s'] * 1e3:.1f}",
+        f"{latency['min_s'] * 1e3:.1f}-{latency['max_s'] * 1e3:.1f}",
+        f"{result['images_per_s']:.3f}" if result["images_per_s"] < 10 else f"{result['images_per_s']:.1f}",
+        speedup,
+    ]
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """One row per result; `vs first` compares images/s with the first row of the same model."""
+    header = ["model", "variant", "format", "dtype", "compile", "input", "params(M)", "GFLOPs/img",
+              "median ms", "min-max ms", "img/s", "vs first"]
+    first: dict[str, dict[str, Any]] = {}
+    rows = []
+    for result in results:
+        reference = first.setdefault(result["model"], result)
+        rows.append(_format_row(result, None if reference is result else reference))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Modes
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def run_inference(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    models = args.models or ["dsnet", "segformer-b0"]
+    for name in models:
+        variants = [v for v in args.variants if name in DSNET_PRESETS or v == "eval"] or ["eval"]
+        for variant in variants:
+            for memory_format in args.memory_format:
+                for compile_mode in args.compile:
+                    print(f"# {name} {variant} format={memory_format} compile={compile_mode} ...", file=sys.stderr,
+                          flush=True)
+                    results.append(
+                        benchmark_inference(
+                            name,
+                            variant,
+                            height=args.height,
+                            width=args.width,
+                            batch_size=args.batch_size or 1,
+                            dtype=DTYPES[args.dtype],
+                            device=args.device,
+                            memory_format=memory_format,
+                            compile_mode=compile_mode,
+                            warmup=2 if args.warmup is None else args.warmup,
+                            repeats=args.repeats or 5,
+                            number=args.number,
+                            num_labels=args.num_labels,
+                            count_flops_too=not args.no_flops,
+                            inductor_freezing=args.freezing,
+                        )
+                    )
+    return results
+
+
+def run_training(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    choices = {"no": [False], "yes": [True], "both": [False, True]}[args.channels_last]
+    for name in args.models or ["dsnet"]:
+        for channels_last in choices:
+            for compile_mode in args.compile:
+                print(f"# training {name} channels_last={channels_last} compile={compile_mode} ...",
+                      file=sys.stderr, flush=True)
+                results.append(
+                    benchmark_training(
+                        name,
+                        height=args.height,
+                        width=args.width,
+                        batch_size=args.batch_size or 2,
+                        dtype=DTYPES[args.dtype],
+                        device=args.device,
+                        channels_last=channels_last,
+                        compile_mode=compile_mode,
+                        warmup=1 if args.warmup is None else args.warmup,
+                        repeats=args.repeats or 3,
+                        num_labels=args.num_labels,
+                    )
+                )
+    return results
+
+
+def load_metrics_benchmark() -> Any:
+    """The metrics engineer's benchmark module (scripts/benchmark_metrics.py), or None when it is absent."""
+    if not METRICS_SCRIPT.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("benchmark_metrics", METRICS_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_metrics(args: argparse.Namespace) -> dict[str, Any]:
+    """The metrics engineer's `run_metrics_benchmark` (scripts/benchmark_metrics.py); prints its table."""
+    module = load_metrics_benchmark()
+    if module is None or not hasattr(module, "run_metrics_benchmark"):
+        raise SystemExit(
+            f"The evaluation-metric benchmark needs run_metrics_benchmark() from {METRICS_SCRIPT}, which this "
+            "checkout lacks."
+        )
+    report = module.run_metrics_benchmark(
+        num_samples=args.num_samples,
+        height=args.height,
+        width=args.width,
+        num_classes=args.num_classes,
+        ignore_fraction=args.ignore_fraction,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        device=args.device,
+        seed=args.seed,
+        include_slow_baselines=not args.skip_slow_baselines,
+        threads=args.threads,
+    )
+    print(module.format_table(report))
+    return report
+
+
+def _write_json(path: str, payload: dict[str, Any]) -> None:
+    text = json.dumps(payload, indent=2, default=str)
+    if path == "-":
+        print(text)
+    else:
+        Path(path).write_text(text + "\n")
+        print(f"# wrote {path}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None) and args.mode != "metrics":
+        torch.set_num_threads(args.threads)
+    env_before = environment()
+    command = " ".join(["python", os.path.relpath(__file__, Path.cwd()), *(argv if argv is not None else sys.argv[1:])])
+    if args.mode == "metrics":
+        print(f"# {command}")
+        print(f"# load average before {_load(env_before)}")
+        report = run_metrics(args)
+        print(f"# load average after {_load(environment())}")
+        if args.json:
+            _write_json(args.json, {"command": command, "environment": env_before, "results": report})
+        return 0 if report.get("all_agree", True) else 1
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    results = run_inference(args) if args.mode == "inference" else run_training(args)
+    env_after = environment()
+    print(f"# {command}")
+    print(f"# torch {env_before['torch']}, {env_before.get('cuda_device', env_before['processor'])}, "
+          f"{env_before['torch_threads']} threads, load average before {_load(env_before)} / after {_load(env_after)}")
+    print(format_table(results))
+    for result in results:
+        if args.mode == "inference" and result["model"] in PAPER_FPS and result["height"] * result["width"] == 1024 * 2048:
+            print(f"# {result['model']} {result['variant']} compile={result['compile']}: {result['images_per_s']:.1f} "
+                  f"img/s here vs {PAPER_FPS[result['model']]} FPS published (RTX 4090 class, 1024x2048)")
+    if args.json:
+        _write_json(args.json, {"command": command, "environment": env_before,
+                                "load_average_after": env_after.get("load_average"), "results": results})
+    return 0
+
+
+def _load(env: dict[str, Any]) -> str:
+    load = env.get("load_average")
+    return "n/a" if load is None else "/".join(f"{v:.2f}" for v in load)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

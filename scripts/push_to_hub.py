@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Push a saved DSNet folder (training output or converted checkpoint) to the Hugging Face Hub.
+
+The folder's shareable files are uploaded (``*.safetensors``, ``config.json``,
+``preprocessor_config.json``, remote-code ``*.py``, metrics JSON) together with a generated
+``README.md`` model card; training state (optimizer, scheduler, RNG states, ``checkpoint-*``
+folders) is left out and the folder itself is not modified.
+
+The card uses, when present in the folder, ``eval_results.json`` (keys ``mean_iou``,
+``pixel_accuracy``, ``mean_class_accuracy``, ``per_class_iou``, optionally ``dataset_name``,
+``dataset_id``, ``dataset_split``), else the ``eval_*`` keys of ``all_results.json``, and
+``training_hyperparameters.json``. Command-line options override them.
+
+The token comes from ``HF_TOKEN`` or ``hf auth login`` (``--token`` works but leaves it in your
+shell history). Set ``HF_ENDPOINT`` (or ``--endpoint``) to use another Hub.
+
+Examples::
+
+    python scripts/push_to_hub.py outputs/dsnet-cityscapes me/dsnet-cityscapes \\
+        --dataset-name Cityscapes --dataset-id me/cityscapes --dataset-split validation
+    python scripts/push_to_hub.py converted/dsnet-base me/dsnet-base --converted --private
+    python scripts/push_to_hub.py outputs/run1 me/dsnet --dry-run   # print the card and file list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+try:
+    import msaf_hf.hub as hub
+except ImportError:  # running from a source checkout without installing the package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import msaf_hf.hub as hub
+
+
+def _json_arg(value: str) -> dict[str, Any]:
+    """Parse an inline JSON object, or read it from a file path."""
+    path = Path(value)
+    text = path.read_text(encoding="utf-8") if not value.lstrip().startswith("{") and path.is_file() else value
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a JSON object or a JSON file: {value!r} ({exc})") from exc
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return data
+
+
+def _size_arg(value: str) -> tuple[int, int] | int:
+    parts = value.lower().replace("×", "x").split("x")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected HxW or N, got {value!r}") from exc
+    if len(numbers) == 1:
+        return numbers[0]
+    if len(numbers) == 2:
+        return numbers[0], numbers[1]
+    raise argparse.ArgumentTypeError(f"expected HxW or N, got {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="saved folder (output of save_pretrained / training)")
+    parser.add_argument("repo_id", help="target repo, e.g. my-user/dsnet-cityscapes")
+    parser.add_argument("--private", action="store_true", help="create the repo as private")
+    parser.add_argument("--branch", default=None, help="branch to push to (created from main if missing)")
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    parser.add_argument("--commit-message", default="Upload DSNet model", help="commit message")
+    parser.add_argument("--commit-description", default=None, help="commit description")
+    parser.add_argument("--dataset-name", default=None, help="pretty dataset name, e.g. Cityscapes")
+    parser.add_argument("--dataset-id", default=None, help="Hub dataset id used for training/evaluation")
+    parser.add_argument("--dataset-split", default=None, help="evaluation split, e.g. validation")
+    parser.add_argument("--dataset-config", default=None, help="dataset configuration name")
+    parser.add_argument(
+        "--eval-results", type=_json_arg, default=None, help="JSON object (or file) with mean_iou, pixel_accuracy, ..."
+    )
+    parser.add_argument(
+        "--hyperparameters", type=_json_arg, default=None, help="JSON object (or file) of training hyperparameters"
+    )
+    parser.add_argument("--base-model", default=None, help="Hub id of the checkpoint this one was fine-tuned from")
+    parser.add_argument("--license", default="apache-2.0", help="license id (default: apache-2.0)")
+    parser.add_argument("--input-size", type=_size_arg, default=None, help="input size used, HxW (e.g. 512x1024)")
+    parser.add_argument("--tag", action="append", default=[], help="extra tag (repeatable)")
+    parser.add_argument("--converted", action="store_true", help="checkpoint converted from published weights")
+    parser.add_argument("--no-card", action="store_true", help="do not generate README.md (upload the folder's)")
+    parser.add_argument("--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
+    parser.add_argument("--token", default=None, help="Hub token (prefer HF_TOKEN or `hf auth login`)")
+    parser.add_argument("--dry-run", action="store_true", help="print the card and the files; upload nothing")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.folder.is_dir():
+        print(f"error: {args.folder} is not a folder", file=sys.stderr)
+        return 2
+    card_kwargs: dict[str, Any] = {
+        "eval_results": args.eval_results,
+        "dataset_name": args.dataset_name,
+        "dataset_id": args.dataset_id,
+        "dataset_split": args.dataset_split,
+        "dataset_config": args.dataset_config,
+        "training_hyperparameters": args.hyperparameters,
+        "base_model": args.base_model,
+        "license": args.license,
+        "input_size": args.input_size,
+        "tags": args.tag or None,
+        "converted": args.converted,
+    }
+    if args.dry_run:
+        files = hub.collect_upload_files(args.folder, include_readme=args.no_card)
+        if not args.no_card:
+            print(hub.render_model_card(args.folder, repo_id=args.repo_id, **card_kwargs))
+            files.append("README.md (generated)")
+        print("\nFiles to upload:\n" + "\n".join(f"  {name}" for name in files))
+        return 0
+    try:
+        info = hub.push_folder_to_hub(
+            args.folder,
+            args.repo_id,
+            token=args.token,
+            private=args.private,
+            revision=args.branch,
+            commit_message=args.commit_message,
+            commit_description=args.commit_description,
+            create_pr=args.create_pr,
+            write_card=not args.no_card,
+            card_kwargs=card_kwargs,
+            endpoint=args.endpoint,
+        )
+    except Exception as exc:  # report without a traceback (and without the token)
+        print(f"error: push failed: {hub.redact(f'{type(exc).__name__}: {exc}', args.token)}", file=sys.stderr)
+        return 1
+    print(info.pr_url or info.commit_url)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
