@@ -199,74 +199,133 @@ def time_callable(
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def benchmark_inference(
-    name: str,
-    variant: str = "eval",
+@dataclass
+class InferenceCase:
+    """One model variant to time: a model name, `eval` or `deploy`, a memory format (`auto`, `contiguous`,
+    `channels_last`) and a compile mode."""
+
+    name: str
+    variant: str = "eval"
+    memory_format: str = "auto"
+    compile_mode: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.name not in MODEL_NAMES:
+            raise ValueError(f"Unknown model {self.name!r}; choose from {', '.join(MODEL_NAMES)}.")
+        if self.variant not in INFERENCE_VARIANTS:
+            raise ValueError(f"variant must be one of {INFERENCE_VARIANTS}, got {self.variant!r}.")
+        if self.name in PEER_MODELS and self.variant != "eval":
+            raise ValueError(f"{self.name} has only the 'eval' variant, got {self.variant!r}.")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {self.memory_format!r}.")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}.")
+
+
+def benchmark_inference_cases(
+    cases: list[InferenceCase],
     height: int = 512,
     width: int = 1024,
     batch_size: int = 1,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
-    memory_format: str = "auto",
-    compile_mode: str = "none",
     warmup: int = 2,
     repeats: int = 5,
     number: int = 1,
     num_labels: int = 19,
     count_flops_too: bool = True,
     inductor_freezing: bool = False,
-) -> dict[str, Any]:
-    """Parameters, FLOPs and forward latency / images per second of one model variant (no labels: the
-    inference path, under `torch.inference_mode`). `inductor_freezing` compiles with
-    `torch._inductor.config.freezing` (weights as constants: on CPU, prepacked oneDNN convolutions fused with
-    their activations)."""
-    if name in PEER_MODELS and variant != "eval":
-        raise ValueError(f"{name} has only the 'eval' variant, got {variant!r}.")
+    interleave: bool = True,
+) -> list[dict[str, Any]]:
+    """Parameters, FLOPs and forward latency / images per second of several model variants (no labels: the
+    inference path, under `torch.inference_mode`).
+
+    With `interleave` (the default) every variant is built first and the timed repeats go round-robin (one
+    repeat of each variant in turn), so that a change in background load on a shared machine hits all of them
+    alike and their ratios stay meaningful; otherwise each variant is timed to completion in turn.
+    `inductor_freezing` compiles with `torch._inductor.config.freezing` (weights as constants: on CPU,
+    prepacked oneDNN convolutions fused with their activations)."""
+    if repeats < 1 or number < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1, number >= 1, warmup >= 0; got {repeats}, {number}, {warmup}.")
     device = torch.device(device)
-    fmt = resolve_memory_format(memory_format, variant)
-    model = build_model(name, num_labels)
-    model = prepare_inference_model(model, variant, device, dtype, fmt, "none")
     shape = (batch_size, 3, height, width)
-    params = count_parameters(model)
-    flops = count_flops(model, shape) if count_flops_too else None
-    if compile_mode != "none":
-        if inductor_freezing:
-            import torch._inductor.config as inductor_config
+    if any(case.compile_mode != "none" for case in cases):
+        import torch._dynamo.config as dynamo_config
+        import torch._inductor.config as inductor_config
 
-            inductor_config.freezing = True
-        model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
-    pixel_values = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
+        torch._dynamo.reset()
+        inductor_config.freezing = inductor_freezing
+        dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 8 * len(cases))
 
-    def step() -> torch.Tensor:
-        return model(pixel_values=pixel_values, return_dict=False)[0]
+    prepared = []
+    for case in cases:
+        fmt = resolve_memory_format(case.memory_format, case.variant)
+        model = prepare_inference_model(build_model(case.name, num_labels), case.variant, device, dtype, fmt, "none")
+        record: dict[str, Any] = {
+            "mode": "inference",
+            "model": case.name,
+            "variant": case.variant,
+            "batch_size": batch_size,
+            "height": height,
+            "width": width,
+            "dtype": str(dtype).removeprefix("torch."),
+            "device": str(device),
+            "memory_format": "channels_last" if fmt == torch.channels_last else "contiguous",
+            "compile": case.compile_mode + ("+freezing" if case.compile_mode != "none" and inductor_freezing else ""),
+            "params": count_parameters(model),
+            "flops_per_image": count_flops(model, shape) / batch_size if count_flops_too else None,
+        }
+        if case.compile_mode != "none":
+            model = torch.compile(model, mode=None if case.compile_mode == "default" else case.compile_mode)
+        pixel_values = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
+
+        def step(model: nn.Module = model, pixel_values: torch.Tensor = pixel_values) -> torch.Tensor:
+            return model(pixel_values=pixel_values, return_dict=False)[0]
+
+        with torch.inference_mode():
+            start = time.perf_counter()
+            step()  # the first call pays for compilation (when compiling) and one-off allocations
+            synchronize(device)
+            record["first_call_s"] = time.perf_counter() - start
+        prepared.append((record, step))
 
     with torch.inference_mode():
-        first_call = time.perf_counter()
-        step()  # the first call pays for compilation (when compiling) and one-off allocations
-        synchronize(device)
-        first_call_s = time.perf_counter() - first_call
-        timing = time_callable(step, device, warmup, repeats, number)
-    return {
-        "mode": "inference",
-        "model": name,
-        "variant": variant,
-        "batch_size": batch_size,
-        "height": height,
-        "width": width,
-        "dtype": str(dtype).removeprefix("torch."),
-        "device": str(device),
-        "memory_format": "channels_last" if fmt == torch.channels_last else "contiguous",
-        "compile": compile_mode + ("+freezing" if compile_mode != "none" and inductor_freezing else ""),
-        "params": params,
-        "flops_per_image": None if flops is None else flops / batch_size,
-        "first_call_s": first_call_s,
-        "latency": timing.as_dict(),
-        "images_per_s": batch_size / timing.median_s,
-    }
+        if interleave:
+            for _ in range(warmup):
+                for _, step in prepared:
+                    step()
+            times: list[list[float]] = [[] for _ in prepared]
+            for _ in range(repeats):
+                for index, (_, step) in enumerate(prepared):
+                    times[index] += time_callable(step, device, warmup=0, repeats=1, number=number).times_s
+            timings = [Timing(t, number) for t in times]
+        else:
+            timings = [time_callable(step, device, warmup, repeats, number) for _, step in prepared]
+    results = []
+    for (record, _), timing in zip(prepared, timings):
+        record.update(latency=timing.as_dict(), images_per_s=batch_size / timing.median_s, interleaved=interleave)
+        results.append(record)
+    return results
+
+
+def benchmark_inference(
+    name: str,
+    variant: str = "eval",
+    memory_format: str = "auto",
+    compile_mode: str = "none",
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """`benchmark_inference_cases` for a single variant (keyword arguments as there)."""
+    return benchmark_inference_cases([InferenceCase(name, variant, memory_format, compile_mode)], **kwargs)[0]
 
 
 def random_labels(
-    batch_size: int, height: int, width: int, num_labels: int, ignore_index: int = 255, device: str | torch.device = "cpu"
+    batch_size: int,
+    height: int,
+    width: int,
+    num_labels: int,
+    ignore_index: int = 255,
+    device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """Random class ids with about 10% of the pixels set to `ignore_index`."""
     generator = torch.Generator().manual_seed(0)
@@ -302,7 +361,10 @@ def benchmark_training(
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     pixel_values = torch.randn(batch_size, 3, height, width, device=device).contiguous(memory_format=fmt)
     labels = random_labels(batch_size, height, width, num_labels, device=device)
-    forward = model if compile_mode == "none" else torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
+    forward = model
+    if compile_mode != "none":
+        torch._dynamo.reset()
+        forward = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
 
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
@@ -370,10 +432,12 @@ __all__ = [
     "DSNET_PRESETS",
     "DTYPES",
     "INFERENCE_VARIANTS",
+    "InferenceCase",
     "MEMORY_FORMATS",
     "MODEL_NAMES",
     "Timing",
     "benchmark_inference",
+    "benchmark_inference_cases",
     "benchmark_training",
     "build_model",
     "count_flops",

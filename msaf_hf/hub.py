@@ -350,34 +350,9 @@ def load_card_inputs(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return out
 
 
-def _default_template_path() -> Path | None:
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "model_card.md", here.parent / "model_card.md"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-# Used only when the package is installed without model_card.md next to it.
-_FALLBACK_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ model_name }}
-
-{{ model_summary }}
-
-DSNet (Guo et al., "DSNet: A Novel Way to Use Atrous Convolutions in Semantic Segmentation",
-IEEE TCSVT 2024, arXiv:2406.03702) with MSAF (Multi-Scale Attention Fusion), packaged by msaf_hf.
-
-```python
-import msaf_hf
-from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-
-processor = AutoImageProcessor.from_pretrained("{{ repo_id }}")
-model = AutoModelForSemanticSegmentation.from_pretrained("{{ repo_id }}")
-```
-"""
+def _default_template_path() -> Path:
+    # msaf_hf/model_card.md links to the repository's top-level template and is installed as package data.
+    return Path(__file__).resolve().parent / "model_card.md"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,9 +558,6 @@ def render_model_card(
         has_remote_code=has_remote_code,
         hub_url=hub_url.rstrip("/"),
     )
-    if template is None:
-        logger.warning("model_card.md template not found; using a minimal built-in model card.")
-        return ModelCard.from_template(card_data, template_str=_FALLBACK_TEMPLATE, **kwargs)
     return ModelCard.from_template(card_data, template_path=str(template), **kwargs)
 
 

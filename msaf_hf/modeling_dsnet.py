@@ -130,7 +130,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         out = self.conv2(self.conv1(hidden_states))
-        out += self.shortcut(hidden_states)  # in place: the branch ends in a norm (no ReLU), whose output backward never needs
+        # In place: the branch ends in a norm (no ReLU), whose output no backward pass needs.
+        out += self.shortcut(hidden_states)
         return self.final_act(out)
 
 

@@ -43,7 +43,8 @@ from msaf_hf.benchmarking import (  # noqa: E402
     INFERENCE_VARIANTS,
     MEMORY_FORMATS,
     MODEL_NAMES,
-    benchmark_inference,
+    InferenceCase,
+    benchmark_inference_cases,
     benchmark_training,
     environment,
 )
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="auto: contiguous for eval, channels-last for deploy (as to_deploy leaves it)")
     inference.add_argument("--number", type=int, default=1, help="calls per timed repeat (use >1 on GPUs)")
     inference.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
+    inference.add_argument("--sequential", action="store_true",
+                           help="time each variant to completion in turn (default: repeats go round-robin over the "
+                                "variants, so background load hits them alike)")
     inference.add_argument("--freezing", action="store_true",
                            help="compile with torch._inductor.config.freezing (CPU: prepacked, fused oneDNN convs)")
 
@@ -154,35 +158,30 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 
 def run_inference(args: argparse.Namespace) -> list[dict[str, Any]]:
-    results = []
-    models = args.models or ["dsnet", "segformer-b0"]
-    for name in models:
+    cases = []
+    for name in args.models or ["dsnet", "segformer-b0"]:
         variants = [v for v in args.variants if name in DSNET_PRESETS or v == "eval"] or ["eval"]
         for variant in variants:
             for memory_format in args.memory_format:
                 for compile_mode in args.compile:
-                    print(f"# {name} {variant} format={memory_format} compile={compile_mode} ...", file=sys.stderr,
-                          flush=True)
-                    results.append(
-                        benchmark_inference(
-                            name,
-                            variant,
-                            height=args.height,
-                            width=args.width,
-                            batch_size=args.batch_size or 1,
-                            dtype=DTYPES[args.dtype],
-                            device=args.device,
-                            memory_format=memory_format,
-                            compile_mode=compile_mode,
-                            warmup=2 if args.warmup is None else args.warmup,
-                            repeats=args.repeats or 5,
-                            number=args.number,
-                            num_labels=args.num_labels,
-                            count_flops_too=not args.no_flops,
-                            inductor_freezing=args.freezing,
-                        )
-                    )
-    return results
+                    cases.append(InferenceCase(name, variant, memory_format, compile_mode))
+    print(f"# timing {len(cases)} variants{' round-robin' if not args.sequential else ''} ...", file=sys.stderr,
+          flush=True)
+    return benchmark_inference_cases(
+        cases,
+        height=args.height,
+        width=args.width,
+        batch_size=args.batch_size or 1,
+        dtype=DTYPES[args.dtype],
+        device=args.device,
+        warmup=2 if args.warmup is None else args.warmup,
+        repeats=args.repeats or 5,
+        number=args.number,
+        num_labels=args.num_labels,
+        count_flops_too=not args.no_flops,
+        inductor_freezing=args.freezing,
+        interleave=not args.sequential,
+    )
 
 
 def run_training(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -280,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{env_before['torch_threads']} threads, load average before {_load(env_before)} / after {_load(env_after)}")
     print(format_table(results))
     for result in results:
-        if args.mode == "inference" and result["model"] in PAPER_FPS and result["height"] * result["width"] == 1024 * 2048:
+        paper_setting = (result["height"], result["width"]) == (1024, 2048)
+        if args.mode == "inference" and result["model"] in PAPER_FPS and paper_setting:
             print(f"# {result['model']} {result['variant']} compile={result['compile']}: {result['images_per_s']:.1f} "
                   f"img/s here vs {PAPER_FPS[result['model']]} FPS published (RTX 4090 class, 1024x2048)")
     if args.json:

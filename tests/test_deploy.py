@@ -4,11 +4,13 @@ published code, save/load, torch.compile. Speed is measured by scripts/benchmark
 from __future__ import annotations
 
 import copy
+import importlib.util
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import PARITY_CASES, load_fixture, require_reference
+from conftest import PARITY_CASES, REPO_ROOT, load_fixture, require_reference
 from torch import nn
 
 from msaf_hf import DSNetForSemanticSegmentation, DSNetModel, load_preset
@@ -218,3 +220,26 @@ def test_training_step_reads_no_tensor_data_on_the_host(tiny_config):
     assert out.loss.shape == () and len(out.auxiliary_losses) == 2
     out.loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The benchmark script (its figures are measured by running it, not here: this only checks what it reports)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_benchmark_script_reports_eval_and_deploy(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("benchmark_under_test", REPO_ROOT / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # must not run anything on import
+    output = tmp_path / "benchmark.json"
+    arguments = ["inference", "--models", "dsnet-head64", "--variants", "eval", "deploy", "--height", "64",
+                 "--width", "96", "--warmup", "0", "--repeats", "2", "--num-labels", "5", "--json", str(output)]
+    assert module.main(arguments) == 0
+    table = capsys.readouterr().out
+    assert "dsnet-head64" in table and "deploy" in table and "img/s" in table
+    evaluated, deployed = json.loads(output.read_text())["results"]
+    assert (evaluated["variant"], deployed["variant"]) == ("eval", "deploy")
+    assert (evaluated["memory_format"], deployed["memory_format"]) == ("contiguous", "channels_last")
+    assert evaluated["flops_per_image"] == deployed["flops_per_image"] > 0  # folding removes no convolution
+    assert deployed["params"] < evaluated["params"]  # BatchNorms and auxiliary heads are gone
+    assert len(deployed["latency"]["times_s"]) == 2 and deployed["images_per_s"] > 0

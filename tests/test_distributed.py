@@ -69,7 +69,11 @@ def test_two_processes_train_identically_and_evaluate_exactly(tmp_path):
     env.pop("CUDA_VISIBLE_DEVICES", None)
     command = [str(launcher), "launch", "--config_file", str(ACCELERATE_CONFIG), "--main_process_port", str(_free_port()),
                __file__, str(tmp_path)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    except subprocess.TimeoutExpired as error:  # show where it got stuck
+        output = (error.stdout or b"")[-3000:], (error.stderr or b"")[-5000:]
+        pytest.fail(f"accelerate launch timed out after 300 s:\n{output[0]!r}\n{output[1]!r}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
     infos = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]

@@ -237,7 +237,7 @@ def test_resume_with_other_batch_settings_continues_with_a_warning(tmp_path, cap
 
     AcceleratorState._reset_state(True)
     # 3 steps x 4 images consumed in epoch 0; now 4 images per micro-batch without accumulation.
-    output = train(*tiny_run(tmp_path, resume_from_checkpoint="latest", per_device_train_batch_size=4,
+    output = train(*tiny_run(tmp_path, resume_from_checkpoint=str(tmp_path / "checkpoint-3"), per_device_train_batch_size=4,
                              gradient_accumulation_steps=1, **common))
     assert output.global_step == 8
     assert "Resuming with different settings" in caplog.text and "per_device_train_batch_size 2 -> 4" in caplog.text
@@ -266,8 +266,12 @@ def test_the_loop_reads_device_values_only_when_logging(tmp_path, monkeypatch):
 
 
 def test_logged_learning_rates_follow_the_poly_schedule(tmp_path):
-    train(*tiny_run(tmp_path, gradient_accumulation_steps=1, max_steps=6, eval_split="none", warmup_steps=2,
-                    per_device_train_batch_size=4))
+    output = train(*tiny_run(tmp_path, gradient_accumulation_steps=1, max_steps=6, eval_split="none", warmup_steps=2,
+                             per_device_train_batch_size=4, channels_last=True,
+                             # (base width 8: channels-last backward on CPU corrupts memory in torch 2.13 at width 4)
+                             config_overrides="base_channels=8,ohem_min_kept=64"))
+    reloaded = DSNetForSemanticSegmentation.from_pretrained(output.final_dir)  # channels-last weights save fine
+    assert all(torch.equal(v, output.model.state_dict()[k]) for k, v in reloaded.state_dict().items())
     logged = [(h["step"], h["learning_rate"]) for h in TrainerState.load(tmp_path).log_history if "learning_rate" in h]
     assert [step for step, _ in logged] == [1, 2, 3, 4, 5, 6]
     for step, lr in logged:  # step s (1-based) used the factor of 0-based step s - 1
@@ -302,6 +306,18 @@ def test_a_crash_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path, mo
     assert output.global_step == 8
     assert not (tmp_path / "checkpoint-4.tmp").exists()  # the unfinished save was cleaned up
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-6", "checkpoint-8"]
+
+
+def test_bf16_mixed_precision_keeps_float32_weights(tmp_path):
+    output = train(*tiny_run(tmp_path, mixed_precision="bf16", max_steps=4, config_overrides="base_channels=8,ohem_min_kept=64"))
+    from accelerate.state import AcceleratorState
+
+    assert AcceleratorState().mixed_precision == "bf16"
+    assert {p.dtype for p in output.model.parameters()} == {torch.float32}  # autocast: the weights stay float32
+    assert {t.dtype for t in load_file(tmp_path / "final" / "model.safetensors").values() if t.is_floating_point()} == {
+        torch.float32}
+    assert 0.0 <= output.metrics["mean_iou"] <= 1.0
+    assert json.loads((tmp_path / "final" / "training_hyperparameters.json").read_text())["mixed_precision"] == "bf16"
 
 
 def test_saved_folders_reload_with_the_dataset_labels(tmp_path):
