@@ -211,3 +211,20 @@ def test_real_hub_round_trip(tmp_path):
             assert torch.equal(model(x).logits, loaded(x).logits)
     finally:
         api.delete_repo(repo_id, missing_ok=True)
+
+
+def test_model_and_processor_push_to_hub(local_hub_client, tmp_path):
+    import msaf_hf
+
+    token = local_hub_client.add_token("alice")
+    model = msaf_hf.DSNetForSemanticSegmentation(msaf_hf.load_preset("dsnet", base_channels=4, num_labels=3)).eval()
+    model.push_to_hub("alice/direct", token=token)
+    msaf_hf.DSNetImageProcessor().push_to_hub("alice/direct", token=token)
+    files = set(local_hub_client.repo_files("alice/direct"))
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "configuration_dsnet.py",
+            "modeling_dsnet.py", "image_processing_dsnet.py"} <= files
+    loaded = _load(local_hub_client, tmp_path, "without-msaf_hf", "alice/direct", hf_home=tmp_path / "home")
+    assert loaded.returncode == 0, loaded.stderr
+    x = torch.linspace(-2, 2, 2 * 3 * 32 * 32).reshape(2, 3, 32, 32)
+    with torch.no_grad():
+        _assert_same(torch.load(loaded.out)["logits"], model(x).logits)
