@@ -44,8 +44,9 @@ from msaf_hf.benchmarking import (  # noqa: E402
     MEMORY_FORMATS,
     MODEL_NAMES,
     InferenceCase,
+    TrainingCase,
     benchmark_inference_cases,
-    benchmark_training,
+    benchmark_training_cases,
     environment,
 )
 
@@ -68,6 +69,9 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--num-labels", type=int, default=19)
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON ('-': stdout)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="time each configuration to completion in turn (default: repeats go round-robin over "
+                             "them, so background load on a shared machine hits them alike)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,9 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
                            help="auto: contiguous for eval, channels-last for deploy (as to_deploy leaves it)")
     inference.add_argument("--number", type=int, default=1, help="calls per timed repeat (use >1 on GPUs)")
     inference.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
-    inference.add_argument("--sequential", action="store_true",
-                           help="time each variant to completion in turn (default: repeats go round-robin over the "
-                                "variants, so background load hits them alike)")
     inference.add_argument("--freezing", action="store_true",
                            help="compile with torch._inductor.config.freezing (CPU: prepacked, fused oneDNN convs)")
 
@@ -185,29 +186,26 @@ def run_inference(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def run_training(args: argparse.Namespace) -> list[dict[str, Any]]:
-    results = []
     choices = {"no": [False], "yes": [True], "both": [False, True]}[args.channels_last]
-    for name in args.models or ["dsnet"]:
-        for channels_last in choices:
-            for compile_mode in args.compile:
-                print(f"# training {name} channels_last={channels_last} compile={compile_mode} ...",
-                      file=sys.stderr, flush=True)
-                results.append(
-                    benchmark_training(
-                        name,
-                        height=args.height,
-                        width=args.width,
-                        batch_size=args.batch_size or 2,
-                        dtype=DTYPES[args.dtype],
-                        device=args.device,
-                        channels_last=channels_last,
-                        compile_mode=compile_mode,
-                        warmup=1 if args.warmup is None else args.warmup,
-                        repeats=args.repeats or 3,
-                        num_labels=args.num_labels,
-                    )
-                )
-    return results
+    cases = [
+        TrainingCase(name, channels_last, compile_mode)
+        for name in args.models or ["dsnet"]
+        for channels_last in choices
+        for compile_mode in args.compile
+    ]
+    print(f"# timing {len(cases)} training configurations ...", file=sys.stderr, flush=True)
+    return benchmark_training_cases(
+        cases,
+        height=args.height,
+        width=args.width,
+        batch_size=args.batch_size or 2,
+        dtype=DTYPES[args.dtype],
+        device=args.device,
+        warmup=1 if args.warmup is None else args.warmup,
+        repeats=args.repeats or 3,
+        num_labels=args.num_labels,
+        interleave=not args.sequential,
+    )
 
 
 def load_metrics_benchmark() -> Any:
