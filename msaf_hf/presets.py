@@ -24,7 +24,13 @@ def configuration_dir() -> Path:
     source = Path(__file__).resolve().parent.parent / "configuration"
     if source.is_dir():
         return source
-    return Path(str(resources.files("msaf_hf.configuration")))
+    try:
+        return Path(str(resources.files("msaf_hf.configuration")))
+    except ModuleNotFoundError as error:
+        raise FileNotFoundError(
+            f"msaf_hf's configuration folder (presets and recipes) is missing: expected {source} in a source "
+            "checkout, or msaf_hf/configuration in an installed copy. Reinstall with `pip install -e .`."
+        ) from error
 
 
 def list_presets() -> list[str]:
