@@ -11,11 +11,19 @@ Modes:
 
 Examples (CPU, the figures in the README):
   python scripts/benchmark.py inference --models dsnet segformer-b0 --variants eval deploy --height 512 --width 1024
+  python scripts/benchmark.py inference --models dsnet --variants eval deploy --memory-format contiguous channels_last
+  python scripts/benchmark.py inference --models dsnet --variants eval deploy --compile none default --freezing
   python scripts/benchmark.py training --models dsnet --height 512 --width 1024 --batch-size 2 --channels-last both
   python scripts/benchmark.py metrics
-GPU (the paper's setting, 1024x2048, fp16):
+GPU (the paper's setting, 1024x2048, fp16; the paper reports 81.9 FPS for DSNet on an RTX 4090-class GPU):
   python scripts/benchmark.py inference --device cuda --dtype float16 --height 1024 --width 2048 \\
-      --variants eval deploy --compile none default --repeats 10 --number 10
+      --models dsnet dsnet-head64 dsnet-head256 dsnet-base segformer-b0 --variants eval deploy \\
+      --memory-format channels_last --compile none default --repeats 10 --number 10
+
+Timed repeats go round-robin over the measured configurations (`--sequential` to time each in turn), so that
+background load on a shared machine hits them alike; the `vs first` column divides images/s by the first row
+of the same model. FLOPs come from torch.utils.flop_counter.FlopCounterMode (a multiply-add is 2 FLOPs;
+convolutions and matrix products only).
 
 One table on stdout; `--json PATH` (or `--json -`) also writes every figure with the environment.
 """
