@@ -537,12 +537,19 @@ class DSNetPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`; a deployed checkpoint (`config.deploy_mode`, see
         `DSNetForSemanticSegmentation.to_deploy`) is built fused and returned in channels-last memory, the form
-        `to_deploy()` left it in (memory layout is not part of a checkpoint)."""
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        `to_deploy()` left it in (memory layout is not part of a checkpoint). Asking for `deploy_mode=True` on a
+        checkpoint that was not deployed is refused (its BatchNorms would be silently dropped)."""
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         if getattr(model.config, "deploy_mode", False):
+            unfolded = [k for k in info["unexpected_keys"] if k.endswith(("running_mean", "running_var"))]
+            if unfolded:
+                raise ValueError(
+                    f"deploy_mode=True builds a model with folded BatchNorms, but this checkpoint has unfolded ones "
+                    f"(e.g. {unfolded[0]}). Load it as saved and call model.to_deploy() instead."
+                )
             model.to(memory_format=torch.channels_last)
-        return loaded
+        return (model, info) if output_loading_info else model
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         if not isinstance(pixel_values, torch.Tensor):

@@ -165,6 +165,14 @@ def test_deploy_mode_survives_save_and_load(tiny_model, tmp_path):
     assert _batch_norms(encoder) == []
 
 
+def test_deploy_mode_on_an_unfolded_checkpoint_is_refused(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)  # not deployed: BatchNorms with running statistics
+    with pytest.raises(ValueError, match="to_deploy"):
+        DSNetForSemanticSegmentation.from_pretrained(tmp_path, deploy_mode=True)
+    loaded, info = DSNetForSemanticSegmentation.from_pretrained(tmp_path, output_loading_info=True)
+    assert loaded.config.deploy_mode is False and _batch_norms(loaded) and not info["missing_keys"]
+
+
 def test_config_with_deploy_mode_builds_a_fused_model(tiny_config):
     tiny_config.deploy_mode = True
     model = DSNetForSemanticSegmentation(tiny_config)
