@@ -22,7 +22,8 @@ GPU (the paper's setting, 1024x2048, fp16; the paper reports 81.9 FPS for DSNet 
 
 Timed repeats go round-robin over the measured configurations (`--sequential` to time each in turn), so that
 background load on a shared machine hits them alike; the `vs first` column divides images/s by the first row
-of the same model. FLOPs come from torch.utils.flop_counter.FlopCounterMode (a multiply-add is 2 FLOPs;
+of the same model, and `paired` is the median over rounds of that ratio within each round (robust to load
+that drifts during the run). FLOPs come from torch.utils.flop_counter.FlopCounterMode (a multiply-add is 2 FLOPs;
 convolutions and matrix products only).
 
 One table on stdout; `--json PATH` (or `--json -`) also writes every figure with the environment.
@@ -34,6 +35,7 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,7 @@ def _format_row(result: dict[str, Any], reference: dict[str, Any] | None) -> lis
     latency = result["latency"]
     flops = result.get("flops_per_image")
     speedup = f"{result['images_per_s'] / reference['images_per_s']:.2f}x" if reference else "-"
+    paired = paired_speedup(result, reference) if reference else None
     return [
         result["model"],
         result["variant"],
@@ -143,13 +146,25 @@ def _format_row(result: dict[str, Any], reference: dict[str, Any] | None) -> lis
         f"{latency['min_s'] * 1e3:.1f}-{latency['max_s'] * 1e3:.1f}",
         f"{result['images_per_s']:.3f}" if result["images_per_s"] < 10 else f"{result['images_per_s']:.1f}",
         speedup,
+        "-" if paired is None else f"{paired:.2f}x",
     ]
 
 
+def paired_speedup(result: dict[str, Any], reference: dict[str, Any]) -> float | None:
+    """Median over the round-robin rounds of `reference time / result time` within each round: unlike the
+    ratio of medians, it cancels background load that drifts between rounds. None unless both were timed
+    interleaved with the same number of repeats."""
+    times, reference_times = result["latency"]["times_s"], reference["latency"]["times_s"]
+    if not (result.get("interleaved") and reference.get("interleaved")) or len(times) != len(reference_times):
+        return None
+    return statistics.median(r / t for r, t in zip(reference_times, times))
+
+
 def format_table(results: list[dict[str, Any]]) -> str:
-    """One row per result; `vs first` compares images/s with the first row of the same model."""
+    """One row per result; `vs first` compares images/s with the first row of the same model (ratio of medians),
+    `paired` is the same comparison as the median of per-round ratios (see `paired_speedup`)."""
     header = ["model", "variant", "format", "dtype", "compile", "input", "params(M)", "GFLOPs/img",
-              "median ms", "min-max ms", "img/s", "vs first"]
+              "median ms", "min-max ms", "img/s", "vs first", "paired"]
     first: dict[str, dict[str, Any]] = {}
     rows = []
     for result in results:

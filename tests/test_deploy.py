@@ -235,10 +235,15 @@ def test_training_step_reads_no_tensor_data_on_the_host(tiny_config):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_benchmark_script_reports_eval_and_deploy(tmp_path, capsys):
+def _load_benchmark_script():
     spec = importlib.util.spec_from_file_location("benchmark_under_test", REPO_ROOT / "scripts" / "benchmark.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # must not run anything on import
+    return module
+
+
+def test_benchmark_script_reports_eval_and_deploy(tmp_path, capsys):
+    module = _load_benchmark_script()
     output = tmp_path / "benchmark.json"
     arguments = ["inference", "--models", "dsnet-head64", "--variants", "eval", "deploy", "--height", "64",
                  "--width", "96", "--warmup", "0", "--repeats", "2", "--num-labels", "5", "--json", str(output)]
@@ -251,3 +256,20 @@ def test_benchmark_script_reports_eval_and_deploy(tmp_path, capsys):
     assert evaluated["flops_per_image"] == deployed["flops_per_image"] > 0  # folding removes no convolution
     assert deployed["params"] < evaluated["params"]  # BatchNorms and auxiliary heads are gone
     assert len(deployed["latency"]["times_s"]) == 2 and deployed["images_per_s"] > 0
+    assert "paired" in table
+
+
+def test_benchmark_paired_speedup_cancels_drifting_load():
+    module = _load_benchmark_script()
+
+    def result(times, interleaved=True):
+        return {"latency": {"times_s": times}, "interleaved": interleaved}
+
+    # Load doubles every time in round 2 and 3: each round the second variant is 1.5x faster.
+    reference, faster = result([1.0, 2.0, 2.0]), result([1.0 / 1.5, 2.0 / 1.5, 2.0 / 1.5])
+    assert module.paired_speedup(faster, reference) == pytest.approx(1.5)
+    # One round where the load hit only the faster variant moves the median of ratios not at all.
+    disturbed = result([1.0 / 1.5, 2.0 / 1.5, 3.0])
+    assert module.paired_speedup(disturbed, reference) == pytest.approx(1.5)
+    assert module.paired_speedup(result([0.5, 1.0, 1.0], interleaved=False), reference) is None
+    assert module.paired_speedup(result([0.5, 1.0]), reference) is None
