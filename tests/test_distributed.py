@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -69,12 +70,22 @@ def test_two_processes_train_identically_and_evaluate_exactly(tmp_path):
     env.pop("CUDA_VISIBLE_DEVICES", None)
     command = [str(launcher), "launch", "--config_file", str(ACCELERATE_CONFIG), "--main_process_port", str(_free_port()),
                __file__, str(tmp_path)]
+    # On a timeout the launcher and both ranks must go: killing only the launcher would leave a rank blocked in a
+    # collective, holding its port, for every later run.
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=tmp_path, start_new_session=True)
     try:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    except subprocess.TimeoutExpired as error:  # show where it got stuck
-        output = (error.stdout or b"")[-3000:], (error.stderr or b"")[-5000:]
-        pytest.fail(f"accelerate launch timed out after 300 s:\n{output[0]!r}\n{output[1]!r}")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+        stdout, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # on SIGTERM the launcher's agent stops its workers (each runs in a session of its own)
+        try:
+            stdout, stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+        pytest.fail(f"accelerate launch timed out after 300 s (all its processes killed):\n"
+                    f"{stdout[-3000:]}\n{stderr[-5000:]}")
+    assert process.returncode == 0, stdout[-3000:] + stderr[-5000:]
 
     infos = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert all(info["num_processes"] == 2 and info["global_step"] == 6 for info in infos), infos
