@@ -430,6 +430,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    request_queue_size = 128  # socketserver's default backlog of 5 can overflow with parallel uploads on a busy machine
 
     def __init__(self, address: tuple[str, int], hub: LocalHub) -> None:
         self.hub = hub
