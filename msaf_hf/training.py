@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -1004,6 +1005,12 @@ def train(
         progress.close()
         if run.pusher is not None:
             run.pusher.close(wait=False)
+        # Let go of the DDP wrapper while the process group is still registered. Otherwise its Reducer holds the
+        # last reference to the group, and destroys it (waiting for the Gloo worker threads) while holding the
+        # GIL, which a worker thread releasing a finished work's tensors needs: an occasional hang at exit.
+        run.model = model = run.unwrapped()
+        accelerator.free_memory()  # it also keeps the prepared (wrapped) model
+        gc.collect()
         accelerator.end_training()
 
     return TrainOutput(

@@ -8,6 +8,7 @@ evaluation set (5 images: uneven shards of 3 and 2).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -43,6 +44,19 @@ def _worker(output_dir: str) -> None:
     from msaf_hf.training import train
 
     torch.set_num_threads(1)
+    # Count the DDP wrappers still alive when the process group is destroyed: one that outlives it destroys the
+    # group from its Reducer while holding the GIL, which can deadlock with Gloo's worker threads at exit.
+    from accelerate import Accelerator
+
+    ddp_alive_at_destroy = []
+    end_training = Accelerator.end_training
+
+    def counting_end_training(self):
+        ddp = torch.nn.parallel.DistributedDataParallel
+        ddp_alive_at_destroy.append(sum(isinstance(obj, ddp) for obj in gc.get_objects()))
+        return end_training(self)
+
+    Accelerator.end_training = counting_end_training
     output = train(*_arguments(output_dir))
     state = PartialState()
     rank = state.process_index
@@ -51,7 +65,8 @@ def _worker(output_dir: str) -> None:
     save_file({"confusion_matrix": output.confusion_matrix}, os.path.join(output_dir, f"rank{rank}_cm.safetensors"))
     with open(os.path.join(output_dir, f"rank{rank}.json"), "w") as handle:
         json.dump({"num_processes": state.num_processes, "backend": str(state.backend),
-                   "device": str(state.device), "global_step": output.global_step}, handle)
+                   "device": str(state.device), "global_step": output.global_step,
+                   "ddp_alive_at_destroy": ddp_alive_at_destroy}, handle)
 
 
 def _free_port() -> int:
@@ -90,6 +105,7 @@ def test_two_processes_train_identically_and_evaluate_exactly(tmp_path):
     infos = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert all(info["num_processes"] == 2 and info["global_step"] == 6 for info in infos), infos
     assert infos[0]["backend"] == "gloo"
+    assert all(info["ddp_alive_at_destroy"] == [0] for info in infos), infos
 
     # Identical weights (parameters and BatchNorm buffers) on both processes.
     rank0, rank1 = (load_file(tmp_path / f"rank{rank}_weights.safetensors") for rank in (0, 1))
