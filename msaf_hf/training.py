@@ -1008,7 +1008,8 @@ def train(
         # Let go of the DDP wrapper while the process group is still registered. Otherwise its Reducer holds the
         # last reference to the group, and destroys it (waiting for the Gloo worker threads) while holding the
         # GIL, which a worker thread releasing a finished work's tensors needs: an occasional hang at exit.
-        run.model = model = run.unwrapped()
+        run.model = run.unwrapped()
+        del model
         accelerator.free_memory()  # it also keeps the prepared (wrapped) model
         gc.collect()
         accelerator.end_training()
