@@ -194,6 +194,29 @@ def time_callable(
     return Timing(times, number)
 
 
+def time_callables(
+    fns: list[Callable[[], Any]],
+    device: torch.device | str = "cpu",
+    warmup: int = 2,
+    repeats: int = 5,
+    number: int = 1,
+    interleave: bool = True,
+) -> list[Timing]:
+    """`time_callable` for several callables. With `interleave` the warm-up calls and the timed repeats go
+    round-robin (one repeat of each in turn), so that a change in background load hits all of them alike;
+    otherwise each is timed to completion in turn."""
+    if not interleave:
+        return [time_callable(fn, device, warmup, repeats, number) for fn in fns]
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for index, fn in enumerate(fns):
+            times[index] += time_callable(fn, device, warmup=0, repeats=1, number=number).times_s
+    return [Timing(t, number) for t in times]
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Benchmarks
 # ------------------------------------------------------------------------------------------------------------------
@@ -290,17 +313,7 @@ def benchmark_inference_cases(
         prepared.append((record, step))
 
     with torch.inference_mode():
-        if interleave:
-            for _ in range(warmup):
-                for _, step in prepared:
-                    step()
-            times: list[list[float]] = [[] for _ in prepared]
-            for _ in range(repeats):
-                for index, (_, step) in enumerate(prepared):
-                    times[index] += time_callable(step, device, warmup=0, repeats=1, number=number).times_s
-            timings = [Timing(t, number) for t in times]
-        else:
-            timings = [time_callable(step, device, warmup, repeats, number) for _, step in prepared]
+        timings = time_callables([step for _, step in prepared], device, warmup, repeats, number, interleave)
     results = []
     for (record, _), timing in zip(prepared, timings):
         record.update(latency=timing.as_dict(), images_per_s=batch_size / timing.median_s, interleaved=interleave)
@@ -431,17 +444,7 @@ def benchmark_training_cases(
         synchronize(device)
         record["first_call_s"] = time.perf_counter() - start
         prepared.append((record, step))
-    if interleave:
-        for _ in range(warmup):
-            for _, step in prepared:
-                step()
-        times: list[list[float]] = [[] for _ in prepared]
-        for _ in range(repeats):
-            for index, (_, step) in enumerate(prepared):
-                times[index] += time_callable(step, device, warmup=0, repeats=1).times_s
-        timings = [Timing(t, 1) for t in times]
-    else:
-        timings = [time_callable(step, device, warmup, repeats) for _, step in prepared]
+    timings = time_callables([step for _, step in prepared], device, warmup, repeats, interleave=interleave)
     results = []
     for (record, step), timing in zip(prepared, timings):
         final_loss = float(step().detach())

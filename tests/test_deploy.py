@@ -273,3 +273,14 @@ def test_benchmark_paired_speedup_cancels_drifting_load():
     assert module.paired_speedup(disturbed, reference) == pytest.approx(1.5)
     assert module.paired_speedup(result([0.5, 1.0, 1.0], interleaved=False), reference) is None
     assert module.paired_speedup(result([0.5, 1.0]), reference) is None
+
+
+def test_time_callables_goes_round_robin():
+    from msaf_hf.benchmarking import time_callables
+
+    calls = []
+    timings = time_callables([lambda: calls.append("a"), lambda: calls.append("b")], warmup=1, repeats=2)
+    assert calls == ["a", "b"] * 3 and [len(t.times_s) for t in timings] == [2, 2]
+    calls.clear()
+    time_callables([lambda: calls.append("a"), lambda: calls.append("b")], warmup=1, repeats=2, interleave=False)
+    assert calls == ["a"] * 3 + ["b"] * 3
