@@ -83,6 +83,12 @@ class DSNetConfig(PreTrainedConfig):
         initializer_range (`float`, *optional*, defaults to 0.02):
             Kept for compatibility with transformers utilities; convolutions use Kaiming initialisation as
             published.
+        label2color (`dict[int, list[int]]`, *optional*):
+            Colour of each class in pictures of the predictions (overlays, palette masks, legends, the demo):
+            class id -> `[r, g, b]` (integers 0-255; `"#rrggbb"` strings are accepted and stored as lists). May
+            name only some classes. Classes without a colour get the default: the official Cityscapes colours
+            when `id2label` is the Cityscapes label set (CamVid's for CamVid), otherwise a fixed palette of
+            distinct colours (see `msaf_hf.visualization.label_colors`).
 
     Example:
 
@@ -117,6 +123,7 @@ class DSNetConfig(PreTrainedConfig):
     class_weights: list[float] | tuple[float, ...] | None = None
     deploy_mode: bool = False
     initializer_range: float = 0.02
+    label2color: dict | None = None
 
     def __post_init__(self, **kwargs):
         # JSON turns tuples into lists; keep one canonical type so save -> load compares equal.
@@ -125,6 +132,8 @@ class DSNetConfig(PreTrainedConfig):
         self.auxiliary_loss_weights = [float(w) for w in self.auxiliary_loss_weights]
         if self.class_weights is not None:
             self.class_weights = [float(w) for w in self.class_weights]
+        if self.label2color is not None:
+            self.label2color = _normalize_label2color(self.label2color)
         super().__post_init__(**kwargs)
         # Checked here rather than in `validate_*` methods so that users get a plain ValueError.
         self._check_architecture()
@@ -214,11 +223,49 @@ class DSNetConfig(PreTrainedConfig):
                 )
             if any(w < 0 for w in self.class_weights):
                 raise ValueError("DSNetConfig.class_weights must be non-negative.")
+        for class_id in self.label2color or {}:
+            if not 0 <= class_id < (self.num_labels or 0):
+                raise ValueError(
+                    f"DSNetConfig.label2color has a colour for class id {class_id}, but num_labels is "
+                    f"{self.num_labels} (ids 0..{(self.num_labels or 0) - 1}); fix or remove that entry."
+                )
         if 0 <= self.semantic_loss_ignore_index < (self.num_labels or 0):
             raise ValueError(
                 f"DSNetConfig.semantic_loss_ignore_index ({self.semantic_loss_ignore_index}) collides with a class "
                 f"id (num_labels={self.num_labels}); use a value outside [0, num_labels), e.g. 255."
             )
+
+
+def _normalize_label2color(label2color: object) -> dict[int, list[int]]:
+    """`{class id: [r, g, b]}` with int keys (JSON turns them into strings) and list values; hex strings parsed."""
+    if not isinstance(label2color, dict):
+        raise ValueError(
+            f"DSNetConfig.label2color must be a dict of class id -> [r, g, b], got {type(label2color).__name__}."
+        )
+    out: dict[int, list[int]] = {}
+    for key, value in label2color.items():
+        try:
+            class_id = int(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"DSNetConfig.label2color keys must be class ids, got {key!r}.") from None
+        color = value
+        if isinstance(value, str) and len(value.strip().lstrip("#")) == 6:
+            text = value.strip().lstrip("#")
+            try:
+                color = [int(text[i : i + 2], 16) for i in (0, 2, 4)]
+            except ValueError:
+                pass
+        if not (
+            isinstance(color, (list, tuple))
+            and len(color) == 3
+            and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)
+        ):
+            raise ValueError(
+                f"DSNetConfig.label2color[{class_id}] must be [r, g, b] with integers in 0..255 or '#rrggbb', "
+                f"got {value!r}."
+            )
+        out[class_id] = [int(c) for c in color]
+    return dict(sorted(out.items()))
 
 
 __all__ = ["DSNetConfig", "CITYSCAPES_CLASS_WEIGHTS", "HEAD_TYPES", "FUSION_TYPES"]

@@ -1,0 +1,178 @@
+"""Running a segmenter on PIL images for pictures: class-id maps at the image size, MSAF fusion-weight maps, timing.
+
+`load_segmenter` is the one place a model is loaded for ``scripts/predict.py`` and the demo; anything that can be
+wrapped in a `Segmenter` (a ``from_pretrained`` model and its image processor) works with them.
+
+Self-contained (torch, transformers, numpy, PIL and sibling imports only): the demo Space ships a copy of it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .palettes import label_colors
+
+__all__ = ["SegmentationResult", "Segmenter", "load_segmenter", "parse_size", "resolve_device"]
+
+
+@dataclass
+class SegmentationResult:
+    """One image's prediction."""
+
+    label_map: np.ndarray  # (H, W) int64 class ids at the image's own size
+    fusion_weights: list[np.ndarray] | None  # MSAF weight maps, channel means, (h, w) float32 each; None if not asked
+    seconds: float  # this image's share of its batch's preprocessing + forward + upsampling time
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/``"auto"``: CUDA if available, else Apple MPS, else the CPU."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def parse_size(value: str | int | Sequence[int] | None) -> tuple[int, int] | int | None:
+    """``"HxW"`` -> ``(H, W)``; ``"N"`` or ``N`` -> ``N`` (the shorter side, aspect ratio kept); ``None`` -> None."""
+    if value is None:
+        return None
+    if isinstance(value, (tuple, list)):
+        numbers = [int(v) for v in value]
+    elif isinstance(value, int):
+        numbers = [value]
+    else:
+        try:
+            numbers = [int(p) for p in str(value).lower().replace("×", "x").split("x")]
+        except ValueError:
+            raise ValueError(f"size: expected HxW (e.g. 512x1024) or N (shorter side), got {value!r}.") from None
+    if len(numbers) not in (1, 2) or any(n <= 0 for n in numbers):
+        raise ValueError(f"size: expected HxW (e.g. 512x1024) or N (shorter side) with positive numbers, got {value!r}.")
+    return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])
+
+
+def _target_size(image_size: tuple[int, int], size: tuple[int, int] | int) -> tuple[int, int]:
+    """(height, width) to feed the model for an image of PIL ``(width, height)``."""
+    if isinstance(size, tuple):
+        return size
+    width, height = image_size
+    scale = size / min(width, height)
+    # Multiples of 8: DSNet's fusion maps are at 1/8 of the input, so they then cover the image exactly.
+    return max(8, round(height * scale / 8) * 8), max(8, round(width * scale / 8) * 8)
+
+
+class Segmenter:
+    """A semantic segmentation model plus its image processor, returning pictures-ready predictions.
+
+    Args:
+        model: a model whose forward takes ``pixel_values`` and returns ``logits`` (``(N, C, h, w)``) and, with
+            ``output_attentions=True``, DSNet's three MSAF weight maps as ``attentions``.
+        image_processor: the model's image processor (``AutoImageProcessor``).
+        device: where to run (default: `resolve_device`).
+        size: input size: ``(H, W)``, or an int for the shorter side (aspect kept); default: the processor's.
+    """
+
+    def __init__(self, model: torch.nn.Module, image_processor: Any, *, device: str | torch.device | None = None,
+                 size: tuple[int, int] | int | None = None) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.image_processor = image_processor
+        self.size = parse_size(size)
+        config = model.config
+        self.id2label = {int(k): str(v) for k, v in config.id2label.items()}
+        self.num_labels = int(config.num_labels)
+        self.palette = label_colors(self.id2label, getattr(config, "label2color", None), self.num_labels)
+
+    @property
+    def supports_fusion_maps(self) -> bool:
+        return getattr(self.model.config, "model_type", None) == "dsnet"
+
+    def _pixel_values(self, image: Image.Image) -> torch.Tensor:
+        kwargs: dict[str, Any] = {}
+        if self.size is not None:
+            height, width = _target_size(image.size, self.size)
+            kwargs = {"do_resize": True, "size": {"height": height, "width": width}}
+        return self.image_processor(images=image, return_tensors="pt", **kwargs)["pixel_values"]
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[Image.Image], fusion_maps: bool = False) -> list[SegmentationResult]:
+        """Segment a batch of RGB images (any sizes; images of equal input size run as one forward pass)."""
+        images = [image.convert("RGB") for image in images]
+        if fusion_maps and not self.supports_fusion_maps:
+            raise ValueError("fusion maps need a DSNet model (they are its MSAF weights).")
+        results: list[SegmentationResult | None] = [None] * len(images)
+        start = time.perf_counter()
+        tensors = [self._pixel_values(image) for image in images]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, tensor in enumerate(tensors):
+            groups.setdefault(tuple(tensor.shape[-2:]), []).append(index)
+        shared_seconds = (time.perf_counter() - start) / max(len(images), 1)
+        for indices in groups.values():
+            start = time.perf_counter()
+            pixel_values = torch.cat([tensors[i] for i in indices]).to(self.device)
+            kwargs = {"output_attentions": True} if fusion_maps else {}
+            outputs = self.model(pixel_values=pixel_values, **kwargs)
+            logits = outputs.logits.float()
+            maps = []
+            for row, index in enumerate(indices):
+                width, height = images[index].size
+                scores = F.interpolate(logits[row : row + 1], size=(height, width), mode="bilinear", align_corners=False)
+                maps.append(scores[0].argmax(dim=0))
+            label_maps = [m.cpu().numpy().astype(np.int64) for m in maps]
+            weights = None
+            if fusion_maps:
+                weights = [[w[row].float().mean(dim=0).cpu().numpy() for w in outputs.attentions]
+                           for row in range(len(indices))]
+            self._synchronize()
+            seconds = (time.perf_counter() - start) / len(indices) + shared_seconds
+            for row, index in enumerate(indices):
+                results[index] = SegmentationResult(label_maps[row], weights[row] if weights else None, seconds)
+        return results  # type: ignore[return-value]
+
+
+def load_segmenter(
+    source: str,
+    *,
+    device: str | torch.device | None = None,
+    size: tuple[int, int] | int | str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    token: str | bool | None = None,
+) -> Segmenter:
+    """Load a model for pictures: any ``from_pretrained`` source (a local folder or a Hub repo id).
+
+    This is the single place where ``scripts/predict.py`` and the demo load a model; other model formats (e.g.
+    exported inference engines) plug in here by returning a `Segmenter`-compatible object.
+    ``trust_remote_code=True`` loads the model code shipped with the checkpoint (needed where ``msaf_hf`` is not
+    installed, e.g. in a Space).
+    """
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if revision is not None:
+        kwargs["revision"] = revision
+    if token is not None:
+        kwargs["token"] = token
+    model = AutoModelForSemanticSegmentation.from_pretrained(source, **kwargs)
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"{source!r} has no usable image processor (preprocessor_config.json): {error}. Save one beside the "
+            "model (image_processor.save_pretrained(folder)) so that inputs are normalised as in training."
+        ) from error
+    return Segmenter(model, image_processor, device=device, size=parse_size(size))
