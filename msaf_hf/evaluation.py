@@ -317,6 +317,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if output_file.parent != Path(""):
             output_file.parent.mkdir(parents=True, exist_ok=True)
         output_file.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        from .visualization.figures import write_result_figures  # PNGs beside the JSON (needs matplotlib)
+
+        write_result_figures(output_file, payload)
         print(f"mIoU: {result.metrics['mean_iou']:.4f} on {result.num_images} images; results written to {output_file}")
     return payload
 

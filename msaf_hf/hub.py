@@ -58,6 +58,8 @@ from huggingface_hub import (
 )
 from huggingface_hub import constants as hf_constants
 
+from .visualization.figures import FIGURE_TITLES, figures_in
+
 __all__ = [
     "ALL_RESULTS_FILE",
     "DEFAULT_ALLOW_PATTERNS",
@@ -97,6 +99,7 @@ DEFAULT_ALLOW_PATTERNS: tuple[str, ...] = (
     ALL_RESULTS_FILE,
     "train_results.json",
     HYPERPARAMETERS_FILE,
+    *FIGURE_TITLES,  # evaluation figures (msaf_hf.visualization.figures), embedded in the card
 )
 #: Training state that is never uploaded from the model folder (only inside a checkpoint folder
 #: pushed on purpose with ``checkpoint_folder``).
@@ -557,6 +560,7 @@ def render_model_card(
         hyperparameter_rows=hyperparameter_rows,
         has_remote_code=has_remote_code,
         hub_url=hub_url.rstrip("/"),
+        figures=figures_in(folder) if folder is not None else [],
     )
     return ModelCard.from_template(card_data, template_path=str(template), **kwargs)
 

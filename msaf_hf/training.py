@@ -1204,6 +1204,7 @@ def _evaluate_and_keep_best(run: _Run, keep_best: bool = True) -> None:
                 {"eval_results.json": _eval_results_file(metrics, data.id2label, state.global_step, run.dataset_info),
                  "training_hyperparameters.json": run.hyperparameters},
             )
+            _write_figures(run, run.best_dir)
     accelerator.wait_for_everyone()
     run.model.train()
 
@@ -1236,6 +1237,7 @@ def _finish(run: _Run) -> Path:
             extra["eval_results.json"] = _eval_results_file(run.metrics, run.data.id2label, state.global_step,
                                                             run.dataset_info)
         save_model_folder(run.unwrapped(), run.image_processor, final_dir, extra)
+        _write_figures(run, final_dir, extra.get("eval_results.json"))
         all_results = {"train_loss": run.last_loss, "global_step": state.global_step,
                        **{f"eval_{k}": v for k, v in (extra.get("eval_results.json") or {}).items()}}
         (output_dir / "all_results.json").write_text(json.dumps(all_results, indent=2) + "\n", encoding="utf-8")
@@ -1247,6 +1249,16 @@ def _finish(run: _Run) -> Path:
         run.pusher.on_train_end(final_dir)
         logger.info("Pushed %s to the Hub: %s", final_dir, run.pusher.wait())
     return final_dir
+
+
+def _write_figures(run: _Run, folder: Path, results: Optional[dict[str, Any]] = None) -> None:
+    """Evaluation figures and training curves into a saved model folder (the model card embeds them)."""
+    from .visualization.figures import write_result_figures
+
+    if results is None and run.metrics:
+        results = _eval_results_file(run.metrics, run.data.id2label, run.state.global_step, run.dataset_info)
+    write_result_figures(folder / "eval_results.json", results, confusion_matrix=run.confusion,
+                         log_history=run.state.log_history)
 
 
 def _broadcast_buffers(accelerator: Any, model: torch.nn.Module) -> None:

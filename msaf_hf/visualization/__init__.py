@@ -12,7 +12,7 @@
 copies of them next to its ``app.py``.
 """
 
-from .figures import figures_in, write_evaluation_figures
+from .figures import figures_in, write_evaluation_figures, write_result_figures
 from .inference import SegmentationResult, Segmenter, load_segmenter
 from .palettes import CAMVID_PALETTE, CITYSCAPES_PALETTE, distinct_palette, label_colors
 from .rendering import (
@@ -46,4 +46,5 @@ __all__ = [
     "save_palette_mask",
     "weight_map",
     "write_evaluation_figures",
+    "write_result_figures",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "plot_per_class_iou",
     "plot_training_curves",
     "write_evaluation_figures",
+    "write_result_figures",
 ]
 
 CONFUSION_MATRIX_FIGURE = "confusion_matrix.png"
@@ -212,3 +213,30 @@ def figures_in(folder: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """``(caption, file name)`` of the evaluation figures present in ``folder``, in card order."""
     folder = Path(folder)
     return [(title, name) for name, title in FIGURE_TITLES.items() if (folder / name).is_file()]
+
+
+def write_result_figures(
+    results_file: str | os.PathLike[str],
+    results: Mapping[str, Any] | None,
+    *,
+    confusion_matrix: Any = None,
+    log_history: Sequence[Mapping[str, Any]] | None = None,
+) -> list[Path]:
+    """The figures of a results JSON (the keys of ``eval_results.json``: ``class_names``, ``per_class_iou``,
+    ``mean_iou``, optionally ``confusion_matrix``), written beside it: ``confusion_matrix.png`` etc. for
+    ``eval_results.json``, ``<stem>_confusion_matrix.png`` etc. for any other file name. ``log_history`` (a
+    trainer's) adds the training curves."""
+    results_file = Path(results_file)
+    results = results or {}
+    prefix = "" if results_file.stem == "eval_results" else f"{results_file.stem}_"
+    if confusion_matrix is None:
+        confusion_matrix = results.get("confusion_matrix")
+    return write_evaluation_figures(
+        results_file.parent,
+        confusion_matrix=confusion_matrix,
+        class_names=results.get("class_names"),
+        per_class_iou=results.get("per_class_iou"),
+        mean_iou=results.get("mean_iou"),
+        log_history=log_history,
+        prefix=prefix,
+    )
