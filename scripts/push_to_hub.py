@@ -20,6 +20,10 @@ Examples::
         --dataset-name Cityscapes --dataset-id me/cityscapes --dataset-split validation
     python scripts/push_to_hub.py converted/dsnet-base me/dsnet-base --converted --private
     python scripts/push_to_hub.py outputs/run1 me/dsnet --dry-run   # print the card and file list
+    python scripts/push_to_hub.py outputs/run1 me/dsnet --space me/dsnet-demo --space-example street.jpg
+
+``--space SPACE_ID`` also writes and pushes a Gradio demo Space (``app.py``, ``requirements.txt``, a README with
+Space metadata, the demo code) that loads ``repo_id`` through remote code (msaf_hf.visualization.space).
 """
 
 from __future__ import annotations
@@ -93,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
     parser.add_argument("--token", default=None, help="Hub token (prefer HF_TOKEN or `hf auth login`)")
     parser.add_argument("--dry-run", action="store_true", help="print the card and the files; upload nothing")
+    parser.add_argument("--space", default=None, metavar="SPACE_ID",
+                        help="also push a Gradio demo Space of the model to this repo (e.g. me/dsnet-demo)")
+    parser.add_argument("--space-example", action="append", default=[], type=Path, metavar="IMAGE",
+                        help="example image shipped with the Space (repeatable)")
+    parser.add_argument("--space-size", default=None, help="model input size in the Space: HxW or N (shorter side)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return parser
 
@@ -117,12 +126,25 @@ def main(argv: list[str] | None = None) -> int:
         "tags": args.tag or None,
         "converted": args.converted,
     }
+    missing = [str(p) for p in args.space_example if not p.is_file()]
+    if missing:
+        print(f"error: --space-example: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    space_kwargs: dict[str, Any] = {"examples": args.space_example, "size": args.space_size, "revision": args.branch}
     if args.dry_run:
         files = hub.collect_upload_files(args.folder, include_readme=args.no_card)
         if not args.no_card:
             print(hub.render_model_card(args.folder, repo_id=args.repo_id, **card_kwargs))
             files.append("README.md (generated)")
         print("\nFiles to upload:\n" + "\n".join(f"  {name}" for name in files))
+        if args.space:
+            import tempfile
+
+            from msaf_hf.visualization.space import write_space
+
+            with tempfile.TemporaryDirectory() as tmp:
+                space_files = write_space(tmp, args.repo_id, **space_kwargs)
+            print(f"\nSpace {args.space} files:\n" + "\n".join(f"  {name}" for name in space_files))
         return 0
     try:
         info = hub.push_folder_to_hub(
@@ -142,6 +164,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: push failed: {hub.redact(f'{type(exc).__name__}: {exc}', args.token)}", file=sys.stderr)
         return 1
     print(info.pr_url or info.commit_url)
+    if args.space:
+        from msaf_hf.visualization.space import push_space
+
+        try:
+            space_info = push_space(args.space, args.repo_id, token=args.token, private=args.private,
+                                    endpoint=args.endpoint, **space_kwargs)
+        except Exception as exc:
+            print(f"error: Space push failed: {hub.redact(f'{type(exc).__name__}: {exc}', args.token)}", file=sys.stderr)
+            return 1
+        print(space_info.commit_url)
     return 0
 
 

@@ -74,7 +74,8 @@ def build_demo(segmenter: Segmenter, *, examples: Sequence[str] = (), title: str
         gr.Markdown(f"# {title}\n\n{description or _DESCRIPTION}\n\n*Classes:* {names}.")
         with gr.Row():
             with gr.Column():
-                image_input = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"], elem_id="input-image")
+                image_input = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"], height=360,
+                                       elem_id="input-image")
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Colour opacity", elem_id="alpha")
                 show_fusion_maps = gr.Checkbox(label="Show MSAF fusion maps", value=False, elem_id="fusion-toggle",
                                                visible=segmenter.supports_fusion_maps)
@@ -82,7 +83,7 @@ def build_demo(segmenter: Segmenter, *, examples: Sequence[str] = (), title: str
                 if examples:
                     gr.Examples(examples=[[str(path)] for path in examples], inputs=[image_input], label="Examples")
             with gr.Column():
-                overlay_output = gr.Image(type="pil", label="Overlay", interactive=False, elem_id="overlay")
+                overlay_output = gr.Image(type="pil", label="Overlay", interactive=False, height=360, elem_id="overlay")
                 latency = gr.Markdown(elem_id="latency")
                 legend_output = gr.Image(type="pil", label="Legend", interactive=False, elem_id="legend")
                 shares = gr.Label(label="Share of the image per class", elem_id="class-shares")
