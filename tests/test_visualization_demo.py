@@ -235,3 +235,14 @@ def test_demo_in_a_real_browser(model_dir, street, tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+def test_push_to_hub_dry_run_lists_the_space_files(model_dir, street, capsys):
+    push = _load_script("push_to_hub")
+    assert push.main([str(model_dir), "me/dsnet", "--space", "me/dsnet-demo", "--space-example", str(street),
+                      "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    space_part = printed.split("Space me/dsnet-demo files:")[1]
+    for name in ("app.py", "requirements.txt", "README.md", "dsnet_demo/demo.py", "examples/street.png"):
+        assert name in space_part
+    assert push.main([str(model_dir), "me/dsnet", "--space", "me/x", "--space-example", "missing.png", "--dry-run"]) == 2

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .inference import Segmenter
-from .rendering import class_shares, fusion_heatmap, legend_image, overlay
+from .rendering import FUSION_RANGE, class_shares, fusion_heatmap, legend_image, overlay
 
 __all__ = ["build_demo", "make_predict_fn"]
 
@@ -25,7 +25,8 @@ _DESCRIPTION = (
     "image's fine structure and a **context** branch of atrous convolutions that sees far. MSAF (Multi-Scale "
     "Attention Fusion) mixes them three times with a learned weight *w* per pixel and channel: "
     "`out = 2·(w·detail + (1−w)·context)`. Turn on *fusion maps* to see *w* (channel mean) over the image: "
-    "**red** where the detail branch was trusted, **blue** where the context branch was, grey for an even mix."
+    "**red** where the detail branch was trusted, **blue** where the context branch was, grey for an even mix "
+    f"(the colours saturate at w = {FUSION_RANGE[0]:g} and {FUSION_RANGE[1]:g})."
 )
 
 

@@ -25,10 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .inference import Segmenter, load_segmenter
-from .rendering import fusion_heatmap, fusion_scale_image, legend_image, overlay, save_image, save_palette_mask
+from .rendering import (
+    FUSION_RANGE,
+    fusion_heatmap,
+    fusion_scale_image,
+    legend_image,
+    overlay,
+    save_image,
+    save_palette_mask,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +141,9 @@ def _read_images(items: Sequence[InputItem], summary: PredictionSummary,
         try:
             with Image.open(item.path) as image:
                 image.load()
-                yield item, image.convert("RGB")
+                upright = ImageOps.exif_transpose(image)  # phone photos: as viewers show them
+                rgb = upright.convert("RGB")
+            yield item, rgb
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
             reason = f"{type(error).__name__}: {error}"
             logger.warning("Skipping %s: it cannot be read as an image (%s).", item.path, reason)
@@ -143,18 +153,20 @@ def _read_images(items: Sequence[InputItem], summary: PredictionSummary,
 
 
 def _write_image_outputs(segmenter: Segmenter, item: InputItem, image: Image.Image, result: Any, output_dir: Path,
-                         alpha: float, summary: PredictionSummary) -> None:
+                         alpha: float, summary: PredictionSummary, fusion_range: tuple[float, float]) -> None:
     base = output_dir / item.name
     palette = segmenter.palette
     summary.written.append(save_palette_mask(result.label_map, palette, f"{base}_mask.png"))
     summary.written.append(save_image(overlay(image, result.label_map, palette, alpha), f"{base}_overlay.jpg"))
     for index, weights in enumerate(result.fusion_weights or (), start=1):
-        summary.written.append(save_image(fusion_heatmap(image, weights), f"{base}_fusion{index}.jpg"))
+        heatmap = fusion_heatmap(image, weights, value_range=fusion_range)
+        summary.written.append(save_image(heatmap, f"{base}_fusion{index}.jpg"))
 
 
 def predict_images(segmenter: Segmenter, items: Sequence[InputItem], output_dir: Path, *, batch_size: int = 4,
                    alpha: float = 0.5, fusion_maps: bool = False, progress: Any = None,
-                   summary: PredictionSummary | None = None) -> PredictionSummary:
+                   summary: PredictionSummary | None = None,
+                   fusion_range: tuple[float, float] = FUSION_RANGE) -> PredictionSummary:
     """Segment image inputs in batches and write their pictures (see the module docstring)."""
     summary = summary or PredictionSummary()
     batch: list[tuple[InputItem, Image.Image]] = []
@@ -164,7 +176,7 @@ def predict_images(segmenter: Segmenter, items: Sequence[InputItem], output_dir:
         results = segmenter.predict([image for _, image in batch], fusion_maps=fusion_maps)
         summary.model_seconds += time.perf_counter() - start
         for (item, image), result in zip(batch, results):
-            _write_image_outputs(segmenter, item, image, result, output_dir, alpha, summary)
+            _write_image_outputs(segmenter, item, image, result, output_dir, alpha, summary, fusion_range)
         summary.images += len(batch)
         if progress is not None:
             progress.update(len(batch))
@@ -204,8 +216,8 @@ def timing_summary(per_frame_seconds: Sequence[float], wall_seconds: float, **ex
 
 
 def predict_video(segmenter: Segmenter, item: InputItem, output_dir: Path, *, batch_size: int = 4, alpha: float = 0.5,
-                  fusion_maps: bool = False, progress: Any = None,
-                  summary: PredictionSummary | None = None) -> dict[str, Any]:
+                  fusion_maps: bool = False, progress: Any = None, summary: PredictionSummary | None = None,
+                  fusion_range: tuple[float, float] = FUSION_RANGE) -> dict[str, Any]:
     """Segment a video frame by frame (streamed, in batches) into ``NAME_overlay.mp4`` (+ fusion videos) and write
     ``NAME_timing.json``; returns the timing summary."""
     from .video import VideoReader, VideoWriter
@@ -228,7 +240,7 @@ def predict_video(segmenter: Segmenter, item: InputItem, output_dir: Path, *, ba
                     per_frame.append(result.seconds)
                     writers["overlay"].write(overlay(frame, result.label_map, segmenter.palette, alpha))
                     for index, weights in enumerate(result.fusion_weights or (), start=1):
-                        writers[f"fusion{index}"].write(fusion_heatmap(frame, weights))
+                        writers[f"fusion{index}"].write(fusion_heatmap(frame, weights, value_range=fusion_range))
                 summary.frames += len(batch)
                 if progress is not None:
                     progress.update(len(batch))
@@ -272,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
     parser.add_argument("--fusion-maps", "--fusion_maps", action="store_true",
                         help="also write MSAF's three fusion-weight maps as heatmaps over each image")
+    parser.add_argument("--fusion-range", "--fusion_range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="fusion weights mapped to the two ends of the heatmap colours (default 0.3 0.7)")
     parser.add_argument("--revision", default=None, help="Hub revision of the model")
     parser.add_argument("--trust_remote_code", "--trust-remote-code", action="store_true",
                         help="load the model code shipped with the checkpoint (not needed with msaf_hf installed)")
@@ -293,6 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="%(levelname)s %(message)s", level=logging.INFO)
     if not 0.0 <= args.alpha <= 1.0:
         print(f"error: --alpha must be in [0, 1], got {args.alpha}", file=sys.stderr)
+        return 2
+    fusion_range = tuple(args.fusion_range) if args.fusion_range else FUSION_RANGE
+    if not fusion_range[1] > fusion_range[0]:
+        print(f"error: --fusion-range needs LOW < HIGH, got {args.fusion_range}", file=sys.stderr)
         return 2
     if args.batch_size < 1:
         print(f"error: --batch_size must be >= 1, got {args.batch_size}", file=sys.stderr)
@@ -326,21 +344,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     summary.written.append(save_image(legend_image(segmenter.id2label, segmenter.palette), args.output_dir / "legend.png"))
     if args.fusion_maps:
-        summary.written.append(save_image(fusion_scale_image(), args.output_dir / "fusion_scale.png"))
+        summary.written.append(save_image(fusion_scale_image(value_range=fusion_range),
+                                          args.output_dir / "fusion_scale.png"))
 
     start = time.perf_counter()
     images = [item for item in items if item.kind == "image"]
     videos = [item for item in items if item.kind == "video"]
     with tqdm(total=len(images), desc="images", unit="img", disable=args.no_progress or not images) as progress:
         predict_images(segmenter, images, args.output_dir, batch_size=args.batch_size, alpha=args.alpha,
-                       fusion_maps=args.fusion_maps, progress=progress, summary=summary)
+                       fusion_maps=args.fusion_maps, progress=progress, summary=summary, fusion_range=fusion_range)
     for item in videos:
         from .video import VideoError
 
         try:
             with tqdm(desc=item.path.name, unit="frame", disable=args.no_progress) as progress:
                 timing = predict_video(segmenter, item, args.output_dir, batch_size=args.batch_size, alpha=args.alpha,
-                                       fusion_maps=args.fusion_maps, progress=progress, summary=summary)
+                                       fusion_maps=args.fusion_maps, progress=progress, summary=summary,
+                                       fusion_range=fusion_range)
             ms = timing.get("model_ms_per_frame", {})
             print(f"{item.path}: {timing['frames']} frames, model {ms.get('median', float('nan')):.1f} ms/frame "
                   f"(median; p90 {ms.get('p90', float('nan')):.1f}), end to end {timing.get('end_to_end_fps') or 0:.1f} "
