@@ -45,9 +45,7 @@ def _images(folder: Path, sizes) -> list[Path]:
     return paths
 
 
-def _reference_argmax(model_dir: Path, path: Path) -> np.ndarray:
-    model = DSNetForSemanticSegmentation.from_pretrained(model_dir).eval()
-    processor = DSNetImageProcessor.from_pretrained(model_dir)
+def _reference_argmax(model, processor, path: Path) -> np.ndarray:
     image = Image.open(path).convert("RGB")
     with torch.no_grad():
         outputs = model(**processor(images=image, return_tensors="pt"))
@@ -76,8 +74,10 @@ def test_masks_are_the_models_argmax_and_overlays_have_the_image_size(model_dir,
     assert main([str(model_dir), str(tmp_path / "in"), "--output_dir", str(out), "--batch_size", "1",
                  "--device", "cpu", "--no-progress"]) == 0
     palette = label_colors({i: f"LABEL_{i}" for i in range(5)}, {4: [1, 2, 3]}, 5)
+    model = DSNetForSemanticSegmentation.from_pretrained(model_dir).eval()
+    processor = DSNetImageProcessor.from_pretrained(model_dir)
     for path in inputs:
-        expected = _reference_argmax(model_dir, path)
+        expected = _reference_argmax(model, processor, path)
         assert len(np.unique(expected)) >= 2  # a constant map would match by luck
         mask_path = out / f"{path.stem}_mask.png"
         with Image.open(mask_path) as mask:
