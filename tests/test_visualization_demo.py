@@ -110,6 +110,7 @@ SPACE_CHECK = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_push_to_hub_space_is_a_working_gradio_space_loading_the_model_by_remote_code(model_dir, street, tmp_path,
                                                                                        local_hub):
     from huggingface_hub import SpaceCard

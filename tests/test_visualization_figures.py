@@ -106,6 +106,7 @@ def test_evaluate_command_writes_figures_beside_the_json(tmp_path):
         _is_png(tmp_path / "results" / name)
 
 
+@pytest.mark.slow
 def test_training_writes_figures_that_the_card_embeds_and_the_push_uploads(tmp_path, local_hub):
     from msaf_hf.training import DataArguments, ModelArguments, TrainingArguments, train
 

@@ -109,6 +109,7 @@ def test_batches_fusion_maps_globs_and_output_names(model_dir, tmp_path):
         assert mask.size == (32, 24)  # predictions come back at the image size whatever --size the model saw
 
 
+@pytest.mark.slow
 def test_ten_frame_video_gives_ten_overlay_frames_and_a_timing_summary(model_dir, tmp_path, capsys):
     video = _write_video(tmp_path / "clip.mp4", frames=10)
     out = tmp_path / "out"

@@ -108,7 +108,7 @@ def write_space(
     ]) + "\n")  # gradio itself comes from the sdk_version in README.md
     metadata = {
         "title": title[:60],
-        "emoji": "🛣️",
+        "emoji": "🚗",
         "colorFrom": "indigo",
         "colorTo": "green",
         "sdk": "gradio",
