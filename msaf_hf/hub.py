@@ -25,7 +25,8 @@ Files read from a folder to fill the card (all optional; written by the trainer)
   by the ``evaluate`` ``mean_iou`` metric -- ``overall_accuracy``, ``mean_accuracy``,
   ``per_category_iou`` -- are accepted too); `ALL_RESULTS_FILE` (``all_results.json``) is used
   as a fallback;
-* `HYPERPARAMETERS_FILE` (``training_hyperparameters.json``): a flat ``{name: value}`` mapping.
+* `HYPERPARAMETERS_FILE` (``training_hyperparameters.json``): a flat ``{name: value}`` mapping;
+* the evaluation figures (``confusion_matrix.png``, ``per_class_iou.png``, ``training_curves.png``), embedded.
 """
 
 from __future__ import annotations
