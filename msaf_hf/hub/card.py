@@ -82,7 +82,6 @@ _METRIC_SPECS = (
 )
 
 
-
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -97,8 +96,6 @@ def _as_float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return out
-
-
 
 
 _BUFFER_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
@@ -123,8 +120,6 @@ def safetensors_num_parameters(folder: str | os.PathLike[str]) -> int | None:
             total += math.prod(int(d) for d in shape)
             found = True
     return total if found else None
-
-
 
 
 def _input_size_from_preprocessor(cfg: Mapping[str, Any]) -> tuple[int, int] | int | None:
@@ -212,7 +207,6 @@ def normalize_eval_results(raw: Mapping[str, Any] | None) -> dict[str, Any]:
         elif name == "step" and isinstance(value, int) and not isinstance(value, bool):
             out["step"] = value
     return out
-
 
 
 def load_card_inputs(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -455,4 +449,3 @@ def render_model_card(
         hub_url=hub_url.rstrip("/"),
     )
     return ModelCard.from_template(card_data, template_path=str(template), **kwargs)
-

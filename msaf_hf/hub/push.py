@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, get_token
 from huggingface_hub import constants as hf_constants
@@ -67,7 +67,12 @@ TRAINING_STATE_PATTERNS: tuple[str, ...] = (
 HUB_STRATEGIES: tuple[str, ...] = ("end", "every_save", "checkpoint", "all_checkpoints")
 
 #: JSON files that are uploaded through `msaf_hf.hub.redaction.sanitized_json` (secret-looking entries removed).
-SANITIZED_JSON_FILES: tuple[str, ...] = (EVAL_RESULTS_FILE, ALL_RESULTS_FILE, "train_results.json", HYPERPARAMETERS_FILE)
+SANITIZED_JSON_FILES: tuple[str, ...] = (
+    EVAL_RESULTS_FILE,
+    ALL_RESULTS_FILE,
+    "train_results.json",
+    HYPERPARAMETERS_FILE,
+)
 
 
 # ---------------------------------------------------------------------------------------------

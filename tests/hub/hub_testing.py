@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from huggingface_hub import snapshot_download
 from hub_server import LocalHub
+from huggingface_hub import snapshot_download
 from safetensors.numpy import save_file
 
 LEAKY_TOKEN = "hf_leakyTokenThatMustNeverBeUploaded0123"
@@ -96,7 +96,9 @@ def tree_digest(folder: Path) -> dict[str, str]:
     } | {p.relative_to(folder).as_posix() + "/": "dir" for p in folder.rglob("*") if p.is_dir()}
 
 
-def snapshot_files(hub: LocalHub, repo_id: str, tmp_path: Path, token: str | None, revision: str | None = None) -> dict[str, bytes]:
+def snapshot_files(
+    hub: LocalHub, repo_id: str, tmp_path: Path, token: str | None, revision: str | None = None
+) -> dict[str, bytes]:
     snap = snapshot_download(
         repo_id, endpoint=hub.url, cache_dir=tmp_path / f"dl-{time.monotonic_ns()}", token=token, revision=revision
     )

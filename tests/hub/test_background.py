@@ -6,6 +6,7 @@ import logging
 import time
 from pathlib import Path
 
+import pytest
 from hub_server import LocalHub
 from hub_testing import SHAREABLE, make_model_folder, tree_digest
 from huggingface_hub import HfApi

@@ -130,7 +130,9 @@ def test_card_degrades_gracefully_without_results(tmp_path: Path) -> None:
 def test_card_inputs_from_trainer_files(tmp_path: Path) -> None:
     folder = make_model_folder(tmp_path / "m", training_state=False, results=False)
     (folder / "all_results.json").write_text(
-        json.dumps({"eval_mean_iou": 0.6, "eval_overall_accuracy": 0.9, "eval_per_category_iou": [0.5, 0.7], "train_loss": 1.2})
+        json.dumps(
+            {"eval_mean_iou": 0.6, "eval_overall_accuracy": 0.9, "eval_per_category_iou": [0.5, 0.7], "train_loss": 1.2}
+        )
     )
     assert load_card_inputs(folder) == {
         "eval_results": {"mean_iou": 0.6, "pixel_accuracy": 0.9, "per_class_iou": [0.5, 0.7]}

@@ -83,7 +83,9 @@ def test_push_private_repo_token_from_env_and_no_leaks(
     with pytest.raises(RepositoryNotFoundError):
         HfApi(endpoint=local_hub.url, token=False).model_info("me/secret-dsnet")
     with pytest.raises(RepositoryNotFoundError):
-        hf_hub_download("me/secret-dsnet", "config.json", endpoint=local_hub.url, cache_dir=tmp_path / "anon", token=False)
+        hf_hub_download(
+            "me/secret-dsnet", "config.json", endpoint=local_hub.url, cache_dir=tmp_path / "anon", token=False
+        )
     files = snapshot_files(local_hub, "me/secret-dsnet", tmp_path, token)
     assert set(files) == SHAREABLE | {"README.md", ".gitattributes"}
     for name, content in files.items():
@@ -103,7 +105,9 @@ def test_push_private_repo_token_from_env_and_no_leaks(
 def test_push_to_branch_and_pull_request(local_hub: LocalHub, tmp_path: Path) -> None:
     token = local_hub.add_token("me")
     api = HfApi(endpoint=local_hub.url, token=token)
-    main = push_folder_to_hub(make_model_folder(tmp_path / "a", seed=0), "me/dsnet", token=token, endpoint=local_hub.url)
+    main = push_folder_to_hub(
+        make_model_folder(tmp_path / "a", seed=0), "me/dsnet", token=token, endpoint=local_hub.url
+    )
     dev = push_folder_to_hub(
         make_model_folder(tmp_path / "b", seed=1), "me/dsnet", token=token, endpoint=local_hub.url, revision="exp-1"
     )
@@ -123,7 +127,8 @@ def test_push_replaces_stale_weights_and_checkpoint(local_hub: LocalHub, tmp_pat
     api = HfApi(endpoint=local_hub.url, token=token)
     sharded = make_model_folder(tmp_path / "sharded", results=False, training_state=False)
     (sharded / "model.safetensors").rename(sharded / "model-00001-of-00002.safetensors")
-    (sharded / "model-00002-of-00002.safetensors").write_bytes((sharded / "model-00001-of-00002.safetensors").read_bytes())
+    first_shard = (sharded / "model-00001-of-00002.safetensors").read_bytes()
+    (sharded / "model-00002-of-00002.safetensors").write_bytes(first_shard)
     (sharded / "model.safetensors.index.json").write_text("{}")
     ckpt1 = tmp_path / "checkpoint-10"
     ckpt1.mkdir()
@@ -131,7 +136,11 @@ def test_push_replaces_stale_weights_and_checkpoint(local_hub: LocalHub, tmp_pat
     (ckpt1 / "scheduler.pt").write_bytes(b"sched")
     push_folder_to_hub(sharded, "me/dsnet", token=token, endpoint=local_hub.url, checkpoint_folder=ckpt1)
     files = set(api.list_repo_files("me/dsnet"))
-    assert {"model-00001-of-00002.safetensors", "last-checkpoint/optimizer.bin", "last-checkpoint/scheduler.pt"} <= files
+    assert {
+        "model-00001-of-00002.safetensors",
+        "last-checkpoint/optimizer.bin",
+        "last-checkpoint/scheduler.pt",
+    } <= files
 
     single = make_model_folder(tmp_path / "single", results=False, training_state=False)
     ckpt2 = tmp_path / "checkpoint-20"
