@@ -569,6 +569,7 @@ training.main(sys.argv[3:])
 """
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_folder_the_second_is_refused_and_a_killed_run_is_taken_over(tmp_path):
     import signal
     import socket
@@ -617,15 +618,21 @@ def test_two_runs_on_one_folder_the_second_is_refused_and_a_killed_run_is_taken_
     assert "Resumed from" in resumed.stderr and (out / "final" / "model.safetensors").is_file()
 
 
-def test_quickstart_twice_in_one_folder(tmp_path):
+def test_quickstart_twice_in_one_folder(tmp_path, monkeypatch, caplog):
     """The quickstart recipe sets overwrite_output_dir: running it again replaces the earlier run and succeeds."""
+    from msaf_hf.training import main
+
+    monkeypatch.chdir(tmp_path)
     args = ["--config", str(REPO_ROOT / "configuration" / "quickstart.yaml"), "--max_steps", "2",
             "--synthetic_num_train", "16", "--synthetic_num_eval", "2", "--eval_steps", "none",
-            "--checkpointing_steps", "1", "--disable_tqdm"]
-    runs = [_run_script(args, tmp_path, timeout=300) for _ in range(2)]
-    for result in runs:
-        assert result.returncode == 0, result.stderr[-3000:]
-    assert "deleted the earlier run's" in runs[1].stderr
+            "--checkpointing_steps", "1", "--config_overrides", "base_channels=4,ohem_min_kept=64", "--disable_tqdm"]
+    first = main(args)
+    first_id = json.loads((tmp_path / "outputs" / "quickstart" / "run.json").read_text())["run_id"]
+    _reset_accelerate()
+    second = main(args)
+    assert first.global_step == second.global_step == 2
+    assert "deleted the earlier run's" in caplog.text
+    assert json.loads((tmp_path / "outputs" / "quickstart" / "run.json").read_text())["run_id"] != first_id
     assert [p.name for p in list_checkpoints(tmp_path / "outputs" / "quickstart")] == ["checkpoint-1", "checkpoint-2"]
 
 
