@@ -229,7 +229,7 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "a")] == ["checkpoint-6", "checkpoint-8"]
 
 
-def test_resume_with_other_batch_settings_continues_with_a_warning(tmp_path, caplog):
+def test_resume_with_other_batch_settings_needs_allow_changed_settings(tmp_path, caplog):
     common = {"checkpointing_steps": "3", "eval_split": "none"}
     with pytest.raises(Crash):
         train(*tiny_run(tmp_path, **common), callbacks=[crash_at(4)])
@@ -237,10 +237,14 @@ def test_resume_with_other_batch_settings_continues_with_a_warning(tmp_path, cap
 
     AcceleratorState._reset_state(True)
     # 3 steps x 4 images consumed in epoch 0; now 4 images per micro-batch without accumulation.
-    output = train(*tiny_run(tmp_path, resume_from_checkpoint=str(tmp_path / "checkpoint-3"), per_device_train_batch_size=4,
-                             gradient_accumulation_steps=1, **common))
+    changed = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 1}
+    with pytest.raises(ValueError, match="(?s)gradient_accumulation_steps: 2 -> 1.*per_device_train_batch_size: 2 -> 4"):
+        train(*tiny_run(tmp_path, resume_from_checkpoint=str(tmp_path / "checkpoint-3"), **changed, **common))
+    AcceleratorState._reset_state(True)
+    output = train(*tiny_run(tmp_path, resume_from_checkpoint=str(tmp_path / "checkpoint-3"), allow_changed_settings=True,
+                             **changed, **common))
     assert output.global_step == 8
-    assert "Resuming with different settings" in caplog.text and "per_device_train_batch_size 2 -> 4" in caplog.text
+    assert "with changed settings" in caplog.text and "per_device_train_batch_size: 2 -> 4" in caplog.text
     epochs = [h["epoch"] for h in TrainerState.load(tmp_path).log_history if "loss" in h]
     assert epochs == sorted(epochs) and epochs[-1] == 1  # 5 steps per epoch: step 8 is in epoch 1
 
@@ -484,6 +488,7 @@ def test_push_to_hub_during_and_after_training(tmp_path, monkeypatch, local_hub_
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "eval_results.json",
             "training_hyperparameters.json", "last-checkpoint/trainer_state.json",
             "last-checkpoint/optimizer.bin"} <= files
+    assert not [f for f in files if "random_states" in f]  # the RNG pickles stay on this machine
     titles = [commit.title for commit in api.list_repo_commits("me/dsnet-tiny")]
     assert titles[0] == "End of training" and "Training in progress, step 4" in titles
     pushed = DSNetForSemanticSegmentation.from_pretrained("me/dsnet-tiny", token=token)
