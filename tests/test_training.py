@@ -731,6 +731,10 @@ def test_allowed_changed_settings_are_used_and_recorded(crashed_run, tmp_path):
     assert used["learning_rate"] == 0.02 and used["momentum"] == 0.8
     assert "learning_rate 0.01 -> 0.02" in used["changed_on_resume"] and "at step 4" in used["changed_on_resume"]
     assert TrainerState.load(folder / "checkpoint-8").settings["learning_rate"] == 0.02
+    from msaf_hf.hub import render_model_card
+
+    card = str(render_model_card(folder / "final", repo_id="me/dsnet"))
+    assert "changed_on_resume" in card and "learning_rate 0.01 -> 0.02" in card
 
 
 def test_resume_with_another_architecture_is_a_short_error(crashed_run, tmp_path):
