@@ -166,8 +166,12 @@ class RunLock:
         return LockHolder(**{k: values.get(k) for k in ("pid", "host", "started", "run_id")})
 
     def acquire(self, run_id: Optional[str] = None) -> RunLock:
-        import fcntl
-
+        try:
+            import fcntl
+        except ImportError:  # not POSIX (Windows): no kernel lock to rely on
+            logger.warning("No file locking on this platform: nothing stops a second run from using %s at the same "
+                           "time.", self.output_dir)
+            return self
         if self._fd is not None:
             return self
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -209,10 +213,10 @@ class RunLock:
         os.pwrite(self._fd, (json.dumps(metadata) + "\n").encode("utf-8"), 0)
 
     def release(self) -> None:
-        import fcntl
-
         if self._fd is None:
             return
+        import fcntl
+
         fd, self._fd = self._fd, None
         try:
             os.ftruncate(fd, 0)  # an empty lock file: released cleanly
