@@ -68,6 +68,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CHECKPOINT_PREFIX",
     "EpochShuffleSampler",
+    "HubPushError",
     "ModelArguments",
     "TrainOutput",
     "TrainerState",
