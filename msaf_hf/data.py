@@ -617,6 +617,35 @@ def _open_image(value: Any, what: str) -> PIL.Image.Image:
     return image
 
 
+# PIL modes of high-bit-depth grayscale images: PNG/TIFF 16-bit open as I;16* (or I in older Pillow).
+_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """An 8-bit RGB copy of ``image``, scaled by its bit depth.
+
+    ``Image.convert("RGB")`` clips 16-bit grayscale (``I;16``, ``I``) at 255 instead of scaling it; here 0..65535
+    maps linearly onto 0..255 (as ``DSNetImageProcessor`` maps it onto [0, 1]). A 32-bit ``I`` image must hold
+    16-bit values; float ``F`` images must hold values in [0, 1].
+    """
+    if image.mode in _HIGH_BIT_DEPTH_MODES:
+        array = np.asarray(image).astype(np.float64)
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise _ExampleProblem(
+                "unreadable_image", f"the {image.mode} image has values in [{array.min():g}, {array.max():g}], outside "
+                "the 16-bit range 0..65535; convert it to 8- or 16-bit first")
+        grey = PIL.Image.fromarray(np.round(array / 257.0).astype(np.uint8))  # 65535 / 255 = 257
+        return grey.convert("RGB")
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        if array.size and (array.min() < 0 or array.max() > 1):
+            raise _ExampleProblem(
+                "unreadable_image", f"the float image has values in [{array.min():g}, {array.max():g}]; float images "
+                "must be in [0, 1] (or convert them to 8- or 16-bit)")
+        return PIL.Image.fromarray(np.round(array * 255.0).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
 def _is_image_value(value: Any) -> bool:
     return isinstance(value, (PIL.Image.Image, dict, bytes, bytearray, str, os.PathLike))
 
@@ -629,8 +658,9 @@ def _label_to_array(value: Any) -> np.ndarray:
     else:
         array = np.asarray(value)
     if array.ndim == 3:
-        # A 3-channel label is fine only if it is grey (all colour channels equal): take one channel.
-        colour = array[..., : min(3, array.shape[-1])]
+        # A 3-channel label is fine only if it is grey (all colour channels equal): take one channel. A 2-channel
+        # one (mode LA/PA) is class ids plus transparency: the ids are channel 0; the alpha is not a class.
+        colour = array[..., : 3 if array.shape[-1] >= 3 else 1]
         if not (colour == colour[..., :1]).all():
             raise _ExampleProblem(
                 "bad_label_format",
@@ -747,7 +777,7 @@ class _HubSource:
     def load(self, index: int) -> _RawExample:
         row, name = self._row(index)
         try:
-            image = _open_image(row[self.image_column], "image").convert("RGB")
+            image = to_rgb(_open_image(row[self.image_column], "image"))
             label = _label_to_array(row[self.label_column])
         except _ExampleProblem as problem:
             problem.name = name
@@ -789,7 +819,7 @@ class _PairSource:
     def load(self, index: int) -> _RawExample:
         image_path, label_path = self.pairs[index]
         try:
-            image = _open_image(image_path, "image").convert("RGB")
+            image = to_rgb(_open_image(image_path, "image"))
             label = self._map(_label_to_array(label_path))
         except _ExampleProblem as problem:
             problem.name = image_path.name

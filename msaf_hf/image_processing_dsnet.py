@@ -27,9 +27,10 @@ from transformers.image_utils import (
     ImageInput,
     PILImageResampling,
     SizeDict,
+    is_scaled_image,
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
-from transformers.utils import TensorType
+from transformers.utils import TensorType, logging
 
 
 __all__ = ["DSNetImageProcessor", "DSNetImageProcessorKwargs"]
@@ -124,7 +125,9 @@ class DSNetImageProcessor(PilBackend):
                 A single image or a batch. Arrays and tensors may be `(H, W)`, `(H, W, C)`, `(C, H, W)` or a
                 stacked batch `(N, H, W, C)` / `(N, C, H, W)` with C in {1, 3, 4}; the channel axis is inferred
                 (pass `input_data_format` when H or W is itself 1, 3 or 4). Integer inputs are expected in
-                `[0, 255]`; float inputs already in `[0, 1]` need `do_rescale=False`.
+                `[0, 255]`, except 16-bit ones (PIL modes `I;16`/`I`, numpy/torch `uint16`), which are scaled by
+                their bit depth (0..65535 onto the same range); float inputs already in `[0, 1]` need
+                `do_rescale=False` (a warning says so).
             segmentation_maps (same kinds as `images`, *optional*):
                 One `(H, W)` map of integer class ids per image, the same size as its image. A stacked
                 `(N, H, W)` array/tensor is read as a batch.
@@ -137,6 +140,9 @@ class DSNetImageProcessor(PilBackend):
             given, `labels` (int64, `(N, H, W)`).
         """
         images = _as_image_list(images)
+        do_rescale = kwargs.get("do_rescale")
+        _warn_if_already_rescaled(images, self.do_rescale if do_rescale is None else do_rescale)
+        images = [_scale_high_bit_depth(image) for image in images]
         if segmentation_maps is not None:
             segmentation_maps = _as_segmentation_map_list(segmentation_maps)
             if len(segmentation_maps) != len(images):
@@ -304,6 +310,42 @@ class DSNetImageProcessor(PilBackend):
 
 
 # ---------------------------------------------------------------------- input helpers
+
+
+# PIL modes of 16-bit grayscale images (PNG/TIFF; `I` in older Pillow), whose RGB conversion would clip at 255.
+_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_UINT16_TO_UINT8_SCALE = 255.0 / 65535.0
+
+logger = logging.get_logger(__name__)
+
+
+def _scale_high_bit_depth(image: Any) -> Any:
+    """16-bit images as float32 arrays on the 8-bit scale (0..65535 -> 0..255), so that `rescale_factor` (1/255)
+    maps them onto [0, 1] like 8-bit images. Other images are returned unchanged."""
+    if isinstance(image, PIL.Image.Image) and image.mode in _HIGH_BIT_DEPTH_MODES:
+        array = np.asarray(image).astype(np.float64)
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise ValueError(
+                f"DSNetImageProcessor: a PIL image of mode {image.mode} has values in [{array.min():g}, "
+                f"{array.max():g}], outside the 16-bit range 0..65535; convert it to 8- or 16-bit first."
+            )
+        return (array * _UINT16_TO_UINT8_SCALE).astype(np.float32)[..., None]
+    if isinstance(image, np.ndarray) and image.dtype == np.uint16:
+        return image.astype(np.float32) * np.float32(_UINT16_TO_UINT8_SCALE)
+    return image
+
+
+def _warn_if_already_rescaled(images: list[Any], do_rescale: bool) -> None:
+    """transformers' warning for float inputs in [0, 1] that would be rescaled a second time."""
+    if not do_rescale:
+        return
+    for image in images:
+        if isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.floating) and is_scaled_image(image):
+            logger.warning_once(
+                "It looks like you are trying to rescale already rescaled images. If the input images have pixel "
+                "values between 0 and 1, set `do_rescale=False` to avoid rescaling them again."
+            )
+            return
 
 
 def _to_numpy(value: Any) -> Any:

@@ -571,6 +571,12 @@ class DSNetPreTrainedModel(PreTrainedModel):
                 f"pixel_values must be a floating point tensor, got {pixel_values.dtype}; rescale and normalise "
                 "images first (the image processor does)."
             )
+        weight_dtype = self.dtype
+        if pixel_values.dtype != weight_dtype and not torch.is_autocast_enabled(pixel_values.device.type):
+            raise TypeError(
+                f"pixel_values is {pixel_values.dtype} but the model's weights are {weight_dtype}; convert the input "
+                f"with pixel_values.to({weight_dtype}) (or the model with model.to({pixel_values.dtype}))."
+            )
         if self.training and pixel_values.shape[0] < 2:
             batch_norms = [m for m in self.modules() if type(m) is nn.BatchNorm2d and m.training]
             if batch_norms:

@@ -21,6 +21,12 @@ What :func:`train` guarantees:
 * **Atomic checkpoints.** A checkpoint is written to ``checkpoint-<step>.tmp`` and renamed when complete:
   a crash while writing never replaces (or hides) the last good one; only the last
   ``checkpoints_total_limit`` are kept.
+* **One run per output folder** (:mod:`msaf_hf.run_folder`). The main process locks ``output_dir`` for the whole
+  run (a second run stops at once, naming the holder; a killed run's lock is taken over); the run's id is in
+  ``run.json`` and in every checkpoint, so another run's checkpoints are never rotated, replaced or resumed. Earlier
+  results are reused only with ``--resume_from_checkpoint`` or deleted first with ``--overwrite_output_dir``.
+* **Checked resume.** Every setting that changes the result is saved with each checkpoint; resuming with another
+  value is an error unless ``--allow_changed_settings`` (the new values are then used and recorded).
 * **Exact distributed evaluation.** See :mod:`msaf_hf.evaluation`: every evaluation image is scored
   once, whatever the number of processes.
 * **Model folders.** ``output_dir/best`` (highest validation mIoU) and ``output_dir/final`` (the last
@@ -62,6 +68,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CHECKPOINT_PREFIX",
     "EpochShuffleSampler",
+    "HubPushError",
     "ModelArguments",
     "TrainOutput",
     "TrainerState",
@@ -182,8 +189,8 @@ class TrainingArguments:
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
-            "help": "Start from scratch even if output_dir holds checkpoints of an earlier run (they are deleted "
-            "only as the checkpoint limit rotates them out)."
+            "help": "Start from scratch even if output_dir holds results of an earlier run (checkpoints, final/, "
+            "best/, all_results.json): they are deleted first. Ignored with --resume_from_checkpoint."
         },
     )
     seed: int = field(default=42, metadata={"help": "Seed of model initialisation, data order and augmentation."})
@@ -250,8 +257,16 @@ class TrainingArguments:
     resume_from_checkpoint: Optional[str] = field(
         default=None,
         metadata={
-            "help": "'latest' (the newest complete checkpoint in output_dir; starts fresh if there is none) or a "
-            "checkpoint folder."
+            "help": "'latest' (the newest complete checkpoint of the run that owns output_dir; an error if there is "
+            "none) or a checkpoint folder."
+        },
+    )
+    allow_changed_settings: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume even though settings that change the result (optimiser, schedule, learning rate, batch, "
+            "accumulation, data, augmentation, model config) differ from the checkpoint's; the new values are used "
+            "from the resume point on and recorded."
         },
     )
     eval_steps: Optional[str] = field(
@@ -295,6 +310,7 @@ class TrainingArguments:
     hub_revision: Optional[str] = field(default=None, metadata={"help": "Hub branch to push to."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                      "logging_steps", "num_train_epochs"):
             value = getattr(self, name)
@@ -338,6 +354,59 @@ class TrainingArguments:
         """``checkpointing_steps`` / ``eval_steps`` as an int, ``"epoch"`` or None."""
         value = getattr(self, name)
         return None if value is None else ("epoch" if value == "epoch" else int(value))
+
+
+_SCALAR_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+_MAPPING_FIELDS = {"config_overrides"}  # a string on the command line, a mapping in a recipe
+
+
+def check_field_types(arguments: Any, names: Optional[Iterable[str]] = None) -> None:
+    """Check that scalar fields (``int``, ``float``, ``bool``, ``str``, optionally ``Optional``) hold their type.
+
+    Recipe values reach the dataclasses without argparse's conversion, so ``seed: [1, 2]`` or ``max_steps: 2.5``
+    would otherwise fail much later, or be truncated silently. Integral floats (``max_steps: 300.0``) become ints.
+    """
+    for f in dataclasses.fields(arguments):
+        if names is not None and f.name not in names:
+            continue
+        expected, optional = _scalar_type(f.type)
+        optional = optional or f.default is None  # (HfArgumentParser strips Optional[...] from the field types)
+        value = getattr(arguments, f.name)
+        if expected is None or (value is None and optional) or (f.name in _MAPPING_FIELDS and isinstance(value, dict)):
+            continue
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            setattr(arguments, f.name, float(value))
+            continue
+        if expected is int and isinstance(value, float) and value.is_integer():
+            setattr(arguments, f.name, int(value))
+            continue
+        if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            setattr(arguments, f.name, str(value))  # e.g. eval_steps: 100 (the command line gives "100")
+            continue
+        if isinstance(value, expected) and (expected is bool or not isinstance(value, bool)):
+            continue
+        kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[expected]
+        raise ValueError(
+            f"{type(arguments).__name__}.{f.name} must be {kind}{' (or None)' if optional else ''}, got {value!r} "
+            f"({type(value).__name__})."
+        )
+
+
+def _scalar_type(annotation: Any) -> tuple[Optional[type], bool]:
+    """(int/float/bool/str or None, whether None is allowed) of a field annotation, a string or resolved (as
+    ``HfArgumentParser`` leaves it)."""
+    import typing
+
+    if isinstance(annotation, str):
+        text = annotation.replace(" ", "")
+        optional = text.startswith("Optional[") and text.endswith("]")
+        return _SCALAR_TYPES.get(text[len("Optional["):-1] if optional else text), optional
+    if annotation in _SCALAR_TYPES.values():
+        return annotation, False
+    members = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(members) == 1 and len(typing.get_args(annotation)) == 2 and members[0] in _SCALAR_TYPES.values():
+        return members[0], True
+    return None, False
 
 
 def _normalise_interval(value: Any, name: str) -> Optional[str]:
@@ -424,8 +493,10 @@ def parse_args(
                 raise ValueError(f"Recipe {known.config!r}: {key}={value!r} is not one of {list(choices)}.")
         # Defaults bypass argparse's type conversion for non-strings: lists/bools/numbers from YAML keep their types.
         parser.set_defaults(**recipe)
-    outputs = parser.parse_args_into_dataclasses(args=argv)
-    return tuple(o for o in outputs if dataclasses.is_dataclass(o))
+    outputs = tuple(o for o in parser.parse_args_into_dataclasses(args=argv) if dataclasses.is_dataclass(o))
+    for output in outputs:  # recipe values skip argparse's type conversion: seed: [1, 2] is an error here
+        check_field_types(output)
+    return outputs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -601,6 +672,8 @@ class TrainerState:
     gradient_accumulation_steps: int = 1
     seed: int = 0
     max_steps: int = 0
+    run_id: Optional[str] = None  # the run that wrote this state (msaf_hf.run_folder); None: before run ids
+    settings: dict[str, Any] = field(default_factory=dict)  # what changes the result (compared on resume)
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
     def save(self, folder: str | os.PathLike) -> None:
@@ -617,8 +690,11 @@ class TrainerState:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints in ``output_dir``, oldest first. Unfinished ``*.tmp`` folders are not listed."""
+def list_checkpoints(output_dir: str | os.PathLike, run_id: Optional[str] = None) -> list[Path]:
+    """Complete checkpoints in ``output_dir``, oldest first. Unfinished ``*.tmp`` folders are not listed.
+
+    With ``run_id``, only that run's checkpoints (and those written before runs had ids).
+    """
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
@@ -626,13 +702,22 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     for path in folder.iterdir():
         match = _CHECKPOINT_RE.match(path.name)
         if match and path.is_dir() and (path / TRAINER_STATE_FILE).is_file():
+            if run_id is not None and _checkpoint_run_id(path) not in (None, run_id):
+                continue
             found.append((int(match.group(1)), path))
     return [path for _, path in sorted(found)]
 
 
-def find_latest_checkpoint(output_dir: str | os.PathLike) -> Optional[Path]:
-    """The newest complete checkpoint in ``output_dir``, or None."""
-    checkpoints = list_checkpoints(output_dir)
+def _checkpoint_run_id(checkpoint: Path) -> Optional[str]:
+    try:
+        return json.loads((checkpoint / TRAINER_STATE_FILE).read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def find_latest_checkpoint(output_dir: str | os.PathLike, run_id: Optional[str] = None) -> Optional[Path]:
+    """The newest complete checkpoint in ``output_dir`` (of run ``run_id`` when given), or None."""
+    checkpoints = list_checkpoints(output_dir, run_id)
     return checkpoints[-1] if checkpoints else None
 
 
@@ -660,6 +745,10 @@ def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike, state: Trai
     staging = output_dir / f"{final.name}.tmp"
     if accelerator.is_main_process and staging.exists():
         shutil.rmtree(staging)  # leftovers of a save that crashed
+    if accelerator.is_main_process and final.is_dir() and _checkpoint_run_id(final) not in (None, state.run_id):
+        raise FileExistsError(  # never replace another run's checkpoint (the folder is locked and owned by this run)
+            f"{final} belongs to another run ({_checkpoint_run_id(final)}, this run is {state.run_id}); move it away."
+        )
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging), safe_serialization=True)
     if accelerator.is_main_process:
@@ -667,8 +756,8 @@ def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike, state: Trai
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _replace_dir(staging, final)
-        if total_limit is not None:
-            for old in list_checkpoints(output_dir)[:-total_limit]:
+        if total_limit is not None:  # rotate this run's checkpoints only
+            for old in list_checkpoints(output_dir, state.run_id)[:-total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
@@ -774,7 +863,8 @@ def _flat_hparams(*argument_objects: Any) -> dict[str, Any]:
 
 
 def _card_hyperparameters(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
-                          accelerator: Any, max_steps: int) -> dict[str, Any]:
+                          accelerator: Any, max_steps: int, changed_on_resume: Optional[dict[str, tuple]] = None,
+                          resume_step: int = 0) -> dict[str, Any]:
     """The hyperparameters written to ``training_hyperparameters.json`` for the model card."""
     source = model_args.model_name_or_path or f"preset {model_args.preset} (from scratch)"
     values = {
@@ -803,6 +893,9 @@ def _card_hyperparameters(model_args: ModelArguments, data_args: DataArguments, 
     overrides = model_args.parsed_config_overrides()
     if overrides:
         values["config_overrides"] = json.dumps(overrides)
+    if changed_on_resume:  # --allow_changed_settings: the values above apply from the resume step on
+        values["changed_on_resume"] = f"at step {resume_step}: " + ", ".join(
+            f"{k} {a} -> {b}" for k, (a, b) in changed_on_resume.items())
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -866,14 +959,21 @@ def _plan_steps(num_examples: int, args: TrainingArguments, num_processes: int) 
     return steps_per_epoch, steps_per_epoch * per_step, max_steps, num_epochs
 
 
-def _resolve_resume(args: TrainingArguments) -> Optional[Path]:
+def _resolve_resume(args: TrainingArguments, owner: Optional[str]) -> Optional[Path]:
+    """The checkpoint to resume from: ``latest`` of the run owning output_dir, or the given folder."""
     value = args.resume_from_checkpoint
     if value is None:
         return None
     if value == "latest":
-        latest = find_latest_checkpoint(args.output_dir)
+        latest = find_latest_checkpoint(args.output_dir, owner)
         if latest is None:
-            logger.warning("--resume_from_checkpoint latest: no checkpoint in %s yet; starting from scratch.", args.output_dir)
+            from .run_folder import describe_folder
+
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint latest: there is no complete checkpoint to resume in output_dir "
+                f"{args.output_dir!r} ({describe_folder(args.output_dir)}). Check --output_dir, pass a "
+                f"{CHECKPOINT_PREFIX}<step> folder, or drop --resume_from_checkpoint to start a new run."
+            )
         return latest
     path = Path(value)
     if not (path / TRAINER_STATE_FILE).is_file():
@@ -884,16 +984,83 @@ def _resolve_resume(args: TrainingArguments) -> Optional[Path]:
     return path
 
 
-def _check_output_dir(args: TrainingArguments, resume_dir: Optional[Path]) -> None:
-    if resume_dir is not None or args.overwrite_output_dir or args.resume_from_checkpoint == "latest":
-        return
-    existing = list_checkpoints(args.output_dir)
-    if existing:
-        raise FileExistsError(
-            f"output_dir {args.output_dir!r} already holds checkpoints of a run ({existing[-1].name}, ...). Pass "
-            "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to start again, or choose another "
-            "--output_dir."
-        )
+def _prepare_output_dir(args: TrainingArguments) -> tuple[Optional[Path], str]:
+    """Decide who owns ``output_dir`` for this run (main process, lock held): (checkpoint to resume, run id).
+
+    A new run needs a folder without earlier results, or ``--overwrite_output_dir`` (which deletes them first); a
+    resumed run continues the checkpoint's run id; nothing of another run is ever reused by accident.
+    """
+    from .run_folder import clear_earlier_results, earlier_results, new_run_id, read_run_id, write_run_file
+
+    output_dir = Path(args.output_dir)
+    owner = read_run_id(output_dir)
+    results = earlier_results(output_dir)
+    resume_dir = _resolve_resume(args, owner)
+    if resume_dir is not None:
+        if args.overwrite_output_dir:
+            logger.warning("--overwrite_output_dir is ignored: resuming %s.", resume_dir)
+        run_id = TrainerState.load(resume_dir).run_id or owner or new_run_id()
+        inside = resume_dir.resolve().parent == output_dir.resolve()
+        if not inside and results and owner != run_id:
+            raise FileExistsError(
+                f"output_dir {str(output_dir)!r} holds the results of another run ({', '.join(results[:8])}); "
+                f"continuing {resume_dir} there would mix the two. Choose an empty --output_dir (or delete them)."
+            )
+        foreign = [p.name for p in list_checkpoints(output_dir) if _checkpoint_run_id(p) not in (None, run_id)]
+        if foreign:
+            raise FileExistsError(
+                f"output_dir {str(output_dir)!r} also holds checkpoints of another run ({', '.join(foreign)}); "
+                f"continuing run {run_id} there could replace them. Move them away or resume into another --output_dir."
+            )
+    else:
+        if results and not args.overwrite_output_dir:
+            hint = ("--resume_from_checkpoint latest to continue it, " if list_checkpoints(output_dir) else "")
+            raise FileExistsError(
+                f"output_dir {str(output_dir)!r} holds the results of an earlier run ({', '.join(results[:8])}"
+                f"{', ...' if len(results) > 8 else ''}). Pass {hint}--overwrite_output_dir to delete them and start "
+                "again, or choose another --output_dir."
+            )
+        if args.overwrite_output_dir:
+            removed = clear_earlier_results(output_dir)
+            if removed:
+                logger.warning("--overwrite_output_dir: deleted the earlier run's %s from %s.", ", ".join(removed),
+                               output_dir)
+        run_id = new_run_id()
+    write_run_file(output_dir, run_id)
+    return resume_dir, run_id
+
+
+def _claim_output_dir(args: TrainingArguments, accelerator: Any) -> tuple[Any, Optional[Path], str]:
+    """Lock ``output_dir`` on the main process and settle its ownership; every process gets the verdict.
+
+    Returns (the lock on the main process, else None; checkpoint to resume; run id). A refusal is raised on every
+    process (the others learn it through a broadcast instead of waiting for a main process that has stopped).
+    """
+    from .run_folder import OutputDirLockedError, RunLock
+
+    lock, error, verdict = None, None, [None]
+    if accelerator.is_main_process:
+        try:
+            lock = RunLock(args.output_dir).acquire()
+            resume_dir, run_id = _prepare_output_dir(args)
+            lock.set_run_id(run_id)
+            _clean_stale_staging(Path(args.output_dir))
+            verdict = [("ok", None if resume_dir is None else str(resume_dir), run_id)]
+        except Exception as err:  # noqa: BLE001 - passed on to every process, then raised
+            if lock is not None:
+                lock.release()
+            error, verdict = err, [("error", type(err).__name__, str(err))]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        verdict = broadcast_object_list(verdict, from_process=0)
+    if error is not None:
+        raise error
+    kind, first, second = verdict[0]
+    if kind == "error":
+        types = {t.__name__: t for t in (OutputDirLockedError, FileExistsError, FileNotFoundError, ValueError)}
+        raise types.get(first, RuntimeError)(second)
+    return lock, (None if first is None else Path(first)), second
 
 
 @dataclass
@@ -917,6 +1084,7 @@ class _Run:
     hyperparameters: dict[str, Any]
     dataset_info: dict[str, Any]
     pusher: Any = None
+    lock: Any = None  # msaf_hf.run_folder.RunLock on the main process
     metrics: dict[str, Any] = field(default_factory=dict)  # of the last evaluation
     confusion: Optional[torch.Tensor] = None
     last_eval_step: int = -1
@@ -945,6 +1113,15 @@ def train(
     that step) with the :class:`TrainerState`; returning True stops training early (the final model is still
     evaluated and saved). Exceptions they raise propagate (e.g. to simulate a crash in tests).
     """
+    output, lock = _train(model_args, data_args, args, callbacks)
+    if lock is not None:
+        lock.release()
+    return output
+
+
+def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
+           callbacks: Iterable[StepCallback] = ()) -> tuple[TrainOutput, Any]:
+    """:func:`train`, returning the output folder's lock still held (main process) when training succeeded."""
     from tqdm.auto import tqdm
 
     run = _set_up(model_args, data_args, args)
@@ -954,7 +1131,7 @@ def train(
     window = _LossWindow()
     progress = tqdm(total=run.max_steps, initial=state.global_step, desc="training", dynamic_ncols=True,
                     disable=args.disable_tqdm or not accelerator.is_local_main_process)
-    stopped_early = False
+    stopped_early = succeeded = False
     try:
         if args.eval_on_start and run.data.eval is not None and state.global_step == 0:
             _evaluate_and_keep_best(run, keep_best=False)
@@ -1001,6 +1178,7 @@ def train(
                     state.epoch, state.batches_in_epoch = state.epoch + 1, 0
         progress.close()
         final_dir = _finish(run)
+        succeeded = True
     finally:
         progress.close()
         if run.pusher is not None:
@@ -1013,8 +1191,10 @@ def train(
         accelerator.free_memory()  # it also keeps the prepared (wrapped) model
         gc.collect()
         accelerator.end_training()
+        if not succeeded and run.lock is not None:
+            run.lock.release()  # failed: let go at once (success: the caller releases it)
 
-    return TrainOutput(
+    output = TrainOutput(
         global_step=state.global_step,
         metrics=run.metrics,
         model=run.unwrapped(),
@@ -1026,6 +1206,7 @@ def train(
         stopped_early=stopped_early,
         eval_dataset=run.data.eval,
     )
+    return output, run.lock
 
 
 def _is_due(interval: int | str | None, global_step: int, epoch_done: bool) -> bool:
@@ -1041,12 +1222,18 @@ def _set_up(model_args: ModelArguments, data_args: DataArguments, args: Training
     accelerator = create_accelerator(args)
     _setup_logging(accelerator)
     output_dir = Path(args.output_dir)
-    resume_dir = _resolve_resume(args)
-    _check_output_dir(args, resume_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        _clean_stale_staging(output_dir)
-    accelerator.wait_for_everyone()
+    lock, resume_dir, run_id = _claim_output_dir(args, accelerator)
+    try:
+        return _set_up_locked(model_args, data_args, args, accelerator, output_dir, lock, resume_dir, run_id)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _set_up_locked(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments, accelerator: Any,
+                   output_dir: Path, lock: Any, resume_dir: Optional[Path], run_id: str) -> _Run:
+    from accelerate.utils import set_seed
 
     set_seed(args.seed)  # model initialisation; data order and augmentation have their own keyed generators
     with accelerator.main_process_first():  # the main process fills the datasets cache first
@@ -1088,10 +1275,17 @@ def _set_up(model_args: ModelArguments, data_args: DataArguments, args: Training
     state = TrainerState(
         num_processes=accelerator.num_processes, per_device_train_batch_size=args.per_device_train_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps, seed=args.seed, max_steps=max_steps,
+        run_id=run_id, settings=result_settings(model_args, data_args, args, accelerator, max_steps,
+                                                accelerator.unwrap_model(model).config),
     )
+    changed: dict[str, tuple[Any, Any]] = {}
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
-        state = _resumed_state(TrainerState.load(resume_dir), state)
+        saved = TrainerState.load(resume_dir)
+        changed = _check_resume_settings(saved, state, args, resume_dir)
+        _load_checkpoint(accelerator, resume_dir, run_id)
+        if changed:
+            _apply_changed_hyperparameters(optimizer, scheduler, args)
+        state = _resumed_state(saved, state)
         logger.info("Resumed from %s at step %d (epoch %d, batch %d).", resume_dir, state.global_step, state.epoch,
                     state.batches_in_epoch)
 
@@ -1099,10 +1293,11 @@ def _set_up(model_args: ModelArguments, data_args: DataArguments, args: Training
         model_args=model_args, data_args=data_args, args=args, accelerator=accelerator, data=data, model=model,
         image_processor=image_processor, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
         steps_per_epoch=steps_per_epoch, max_steps=max_steps, state=state, output_dir=output_dir,
-        hyperparameters=_card_hyperparameters(model_args, data_args, args, accelerator, max_steps),
+        hyperparameters=_card_hyperparameters(model_args, data_args, args, accelerator, max_steps, changed,
+                                              state.global_step),
         dataset_info=_dataset_description(data_args),
         best_dir=output_dir / "best" if (output_dir / "best").is_dir() else None,
-        last_checkpoint_step=state.global_step if resume_dir is not None else -1,
+        last_checkpoint_step=state.global_step if resume_dir is not None else -1, lock=lock,
     )
     if accelerator.is_main_process:
         (output_dir / "training_args.json").write_text(json.dumps(
@@ -1123,19 +1318,146 @@ def _set_up(model_args: ModelArguments, data_args: DataArguments, args: Training
 def _resumed_state(saved: TrainerState, current: TrainerState) -> TrainerState:
     """The checkpoint's counters, adapted to the current run's settings (with a warning when they differ)."""
     names = ("num_processes", "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "max_steps")
-    changed = [f"{n} {getattr(saved, n)} -> {getattr(current, n)}" for n in names if getattr(saved, n) != getattr(current, n)]
-    if changed:
-        logger.warning(
-            "Resuming with different settings (%s): training continues, but the data order, schedule or batches will "
-            "not match an uninterrupted run exactly.", ", ".join(changed),
-        )
+    changed = [n for n in names if getattr(saved, n) != getattr(current, n)]
+    if changed:  # (accepted by _check_resume_settings with --allow_changed_settings)
         # Skip the same number of examples of the epoch, rounded down to whole optimiser steps of the new setting.
         consumed = saved.batches_in_epoch * saved.per_device_train_batch_size * saved.num_processes
         per_step = current.per_device_train_batch_size * current.num_processes * current.gradient_accumulation_steps
         saved.batches_in_epoch = consumed // per_step * current.gradient_accumulation_steps
-    for name in names:
+    for name in (*names, "run_id", "settings"):
         setattr(saved, name, getattr(current, name))
     return saved
+
+
+# Arguments that do not change the trained weights (where things go, how often to save or log, speed-only options).
+_NOT_RESULT_SETTINGS = {
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "allow_changed_settings", "checkpointing_steps",
+    "checkpoints_total_limit", "eval_steps", "eval_on_start", "save_best_model", "logging_steps", "report_to",
+    "project_name", "dataloader_pin_memory", "disable_tqdm", "push_to_hub", "hub_model_id", "hub_strategy",
+    "hub_private_repo", "hub_revision", "per_device_eval_batch_size", "use_cpu", "channels_last",
+    "num_train_epochs", "max_steps",  # compared as the resolved max_steps
+    "num_workers", "dataset_cache_dir", "cache_dir", "revision", "ignore_mismatched_sizes", "eval_size",
+    "max_eval_samples",
+}
+_NOT_CONFIG_SETTINGS = {"transformers_version", "_name_or_path", "architectures", "auto_map", "torch_dtype", "dtype",
+                        "label2id"}
+
+
+def result_settings(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments, accelerator: Any,
+                    max_steps: int, config: Any) -> dict[str, Any]:
+    """Every setting that changes the trained weights, flat and JSON-ready: training and data arguments, the
+    process count, mixed precision, the resolved number of steps and the model config (as ``config.<name>``)."""
+    values: dict[str, Any] = {}
+    for arguments in (model_args, data_args, args):
+        values.update({k: v for k, v in dataclasses.asdict(arguments).items() if k not in _NOT_RESULT_SETTINGS})
+    values.update(max_steps=max_steps, num_processes=accelerator.num_processes,
+                  mixed_precision=str(accelerator.mixed_precision))
+    values.update({f"config.{k}": v for k, v in config.to_dict().items() if k not in _NOT_CONFIG_SETTINGS})
+    return json.loads(json.dumps(values, sort_keys=True, default=str))  # as read back from trainer_state.json
+
+
+# Settings whose saved state cannot be carried over to another value (the checkpoint's tensors would not fit).
+_UNCHANGEABLE_SETTINGS = {"optimizer": "the optimiser state of one optimiser cannot continue another"}
+
+
+def _check_resume_settings(saved: TrainerState, current: TrainerState, args: TrainingArguments,
+                           checkpoint: Path) -> dict[str, tuple[Any, Any]]:
+    """{name: (checkpoint's value, this run's value)} of the settings that differ; an error unless
+    ``--allow_changed_settings``."""
+    if saved.settings:
+        old, new = saved.settings, current.settings
+    else:  # a checkpoint written before settings were recorded: the counters it has
+        names = ("num_processes", "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "max_steps")
+        old, new = ({n: getattr(state, n) for n in names} for state in (saved, current))
+    changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    if not changed:
+        return {}
+    listing = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+    blocked = [f"{k} ({why})" for k, why in _UNCHANGEABLE_SETTINGS.items() if k in changed]
+    if blocked:
+        raise ValueError(f"Cannot resume {checkpoint} with these settings changed:\n{listing}\n{'; '.join(blocked)}. "
+                         "Resume with the checkpoint's value, or start a new run.")
+    if not args.allow_changed_settings:
+        raise ValueError(
+            f"Resuming {checkpoint} with settings that differ from the ones it was trained with (checkpoint -> "
+            f"now):\n{listing}\nThe result would match neither run. Resume with the checkpoint's settings, or pass "
+            "--allow_changed_settings to continue with the new values (they are then recorded as used from step "
+            f"{saved.global_step})."
+        )
+    logger.warning("Resuming %s with changed settings (--allow_changed_settings); from step %d on the run uses:\n%s",
+                   checkpoint, saved.global_step, listing)
+    return changed
+
+
+def _apply_changed_hyperparameters(optimizer: Any, scheduler: Any, args: TrainingArguments) -> None:
+    """After ``load_state`` restored the checkpoint's optimiser and schedule: use this run's hyperparameters, so
+    that what is recorded is what is used."""
+    inner = getattr(scheduler, "scheduler", scheduler)  # Accelerate's AcceleratedScheduler wraps the LambdaLR
+    inner.base_lrs = [args.learning_rate for _ in inner.base_lrs]
+    values: dict[str, Any] = {"weight_decay": args.weight_decay, "initial_lr": args.learning_rate}
+    if args.optimizer == "sgd":
+        values["momentum"] = args.momentum
+    else:
+        values.update(betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+    step = inner.last_epoch
+    for group, lr_lambda in zip(optimizer.param_groups, inner.lr_lambdas):
+        group.update(values)
+        group["lr"] = args.learning_rate * lr_lambda(step)
+    inner._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def _load_checkpoint(accelerator: Any, checkpoint: Path, run_id: Optional[str]) -> None:
+    """``accelerator.load_state`` with clear errors: a damaged file is named (and the previous checkpoint offered);
+    weights of another architecture get one short message instead of a page of size mismatches."""
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as err:  # noqa: BLE001 - re-raised below, explained
+        damaged = _damaged_files(checkpoint)
+        if damaged:
+            earlier = [p for p in list_checkpoints(checkpoint.parent, run_id)
+                       if _step_of(p) is not None and _step_of(p) < (_step_of(checkpoint) or 0)]
+            offer = (f"Resume from the previous checkpoint instead: --resume_from_checkpoint {earlier[-1]}"
+                     if earlier else "There is no earlier checkpoint of this run to fall back to.")
+            raise RuntimeError(
+                f"Checkpoint {checkpoint} is damaged: {checkpoint / damaged[0][0]} cannot be read ({damaged[0][1]}). "
+                f"{offer}"
+            ) from None
+        mismatches = re.findall(r"size mismatch for ([\w.]+): copying a param with shape (torch\.Size\(\[[^\]]*\]\)) "
+                                r"from checkpoint, the shape in current model is (torch\.Size\(\[[^\]]*\]\))", str(err))
+        missing = "Missing key(s)" in str(err) or "Unexpected key(s)" in str(err)
+        if mismatches or missing:
+            example = (f" ({len(mismatches)} tensors differ in shape, e.g. {mismatches[0][0]}: {mismatches[0][1]} in the "
+                       f"checkpoint, {mismatches[0][2]} in this model)" if mismatches else
+                       " (its parameter names differ from this model's)")
+            raise ValueError(
+                f"Checkpoint {checkpoint} holds a model of another architecture than this run builds{example}. Resume "
+                "with the model settings it was trained with (--preset, --config_overrides, --model_name_or_path), or "
+                "start a new run."
+            ) from None
+        raise
+
+
+def _step_of(checkpoint: Path) -> Optional[int]:
+    match = _CHECKPOINT_RE.match(checkpoint.name)
+    return int(match.group(1)) if match else None
+
+
+def _damaged_files(checkpoint: Path) -> list[tuple[str, str]]:
+    """(file name, reason) of the checkpoint's files that cannot be read."""
+    from safetensors.torch import load_file
+
+    damaged = []
+    for path in sorted(p for p in checkpoint.iterdir() if p.is_file()):
+        try:
+            if path.suffix == ".safetensors":
+                load_file(str(path))
+            elif path.suffix in (".bin", ".pt", ".pth", ".pkl"):  # torch.save files (the RNG states too)
+                torch.load(path, map_location="cpu", weights_only=False)
+            elif path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+        except Exception as err:  # noqa: BLE001 - any failure to read means damaged
+            damaged.append((path.name, f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"))
+    return damaged
 
 
 class _LossWindow:
@@ -1245,8 +1567,39 @@ def _finish(run: _Run) -> Path:
     accelerator.wait_for_everyone()
     if run.pusher is not None:
         run.pusher.on_train_end(final_dir)
-        logger.info("Pushed %s to the Hub: %s", final_dir, run.pusher.wait())
+        url = run.pusher.wait()  # retries a failed final push once
+        if url is None:
+            last = run.pusher.last_result
+            raise HubPushError(final_dir, _push_command(run.args, final_dir, output_dir),
+                               last.error if last is not None else "no push result (timed out?)")
+        logger.info("Pushed %s to the Hub: %s", final_dir, url)
     return final_dir
+
+
+class HubPushError(RuntimeError):
+    """Training finished and saved its model, but the final Hub push failed (after the pusher's retry)."""
+
+    def __init__(self, final_dir: Path, retry_command: str, error: Any) -> None:
+        self.final_dir, self.retry_command = final_dir, retry_command
+        super().__init__(
+            f"The final push to the Hub failed: {error}. The trained model is saved in {final_dir}; push just it "
+            f"with:\n    {retry_command}"
+        )
+
+
+def _push_command(args: TrainingArguments, final_dir: Path, output_dir: Path) -> str:
+    import shlex
+
+    repo_id = args.hub_model_id or output_dir.resolve().name
+    script = Path(__file__).resolve().parents[1] / "scripts" / "push_to_hub.py"  # in a source checkout
+    relative = os.path.relpath(script) if script.is_file() else "scripts/push_to_hub.py"
+    words = ["python", relative if not relative.startswith("..") else str(script), str(final_dir), repo_id]
+    if args.hub_revision:
+        words += ["--branch", args.hub_revision]
+    if args.hub_private_repo:
+        words.append("--private")
+    words += ["--commit-message", "End of training"]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _broadcast_buffers(accelerator: Any, model: torch.nn.Module) -> None:
@@ -1293,12 +1646,25 @@ def _setup_logging(accelerator: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> TrainOutput:
     """``scripts/train.py``: parse arguments (and ``--config``), train, then reload the saved final model with
     ``from_pretrained`` and evaluate it again (main process), proving the folder is self-contained."""
+    model_args, data_args, training_args = parse_args(argv)
+    try:
+        output, lock = _train(model_args, data_args, training_args)
+    except HubPushError as err:
+        logger.error("%s", err)
+        raise SystemExit(f"error: {err}") from None
+    try:  # the lock is held until the saved model has been reloaded and scored: no other run may replace it
+        _reload_and_report(output, data_args, training_args)
+    finally:
+        if lock is not None:
+            lock.release()
+    return output
+
+
+def _reload_and_report(output: TrainOutput, data_args: DataArguments, training_args: TrainingArguments) -> None:
     from .evaluation import evaluate
 
-    model_args, data_args, training_args = parse_args(argv)
-    output = train(model_args, data_args, training_args)
     if output.final_dir is None or output.eval_dataset is None or not _is_main_process():
-        return output
+        return
     device = next(output.model.parameters()).device
     reloaded = DSNetForSemanticSegmentation.from_pretrained(output.final_dir).to(device)
     if training_args.channels_last:
@@ -1309,7 +1675,6 @@ def main(argv: Sequence[str] | None = None) -> TrainOutput:
     name = Path(training_args.output_dir).name
     print(f"{name} mIoU: {result.metrics['mean_iou']:.4f} (reloaded from {output.final_dir}; "
           f"{result.num_images} validation images, step {output.global_step})", flush=True)
-    return output
 
 
 def _is_main_process() -> bool:

@@ -425,6 +425,44 @@ def test_colour_coded_label_is_rejected(tmp_path):
     assert info.value.reason == "bad_label_format"
 
 
+def _ramp16(path: Path) -> np.ndarray:
+    """A real 16-bit grayscale PNG: a full-range ramp 0..65535 over 256 x 256 pixels."""
+    ramp = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    PIL.Image.fromarray(ramp).save(path)
+    assert PIL.Image.open(path).mode in ("I;16", "I")  # what Pillow gives for a 16-bit PNG
+    return ramp
+
+
+def test_16_bit_images_are_scaled_by_their_bit_depth(tmp_path):
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    ramp = _ramp16(tmp_path / "images" / "a.png")
+    PIL.Image.fromarray(np.zeros((256, 256), np.uint8)).save(tmp_path / "masks" / "a.png")
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"0": "x", "1": "y"}))
+    data = load_segmentation_data(_folder_args(tmp_path / "images", tmp_path / "masks", id2label_file=str(names)))
+    image, _, _ = data.train.load_example(0)
+    array = np.asarray(image)
+    assert image.mode == "RGB" and (array[..., 0] == array[..., 2]).all()
+    expected = np.round(ramp / 257.0)  # 0..65535 onto 0..255
+    assert np.abs(array[..., 0].astype(np.float64) - expected).max() == 0
+    assert (array == 255).mean() < 0.01  # `.convert("RGB")` made 99.6% of the ramp 255
+
+
+def test_mask_with_alpha_channel_uses_its_grey_channel(tmp_path):
+    label = (np.arange(64).reshape(8, 8) % 3).astype(np.uint8)
+    alpha = np.full((8, 8), 255, np.uint8)
+    alpha[:2] = 0  # some transparent pixels: the alpha is not a class id
+    images, masks = _write_pair_folder(tmp_path, {"a": (_rgb(8, 8, 0), label)})
+    PIL.Image.fromarray(np.stack([label, alpha], axis=-1)).save(masks / "a.png")
+    assert PIL.Image.open(masks / "a.png").mode == "LA"
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"0": "x", "1": "y", "2": "z"}))
+    data = load_segmentation_data(_folder_args(images, masks, id2label_file=str(names)))
+    _, mapped, _ = data.train.load_example(0)
+    assert np.array_equal(mapped, label)
+
+
 # ---------------------------------------------------------------------------------------------- augmentation
 def _pattern_example(h: int = 12, w: int = 16) -> tuple[PIL.Image.Image, np.ndarray]:
     image = _rgb(h, w, 42)

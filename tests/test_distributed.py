@@ -143,5 +143,50 @@ def test_two_processes_train_identically_and_evaluate_exactly(tmp_path):
         "random_states_0.pkl", "random_states_1.pkl"}
 
 
+def _refused_worker(output_dir: str) -> None:
+    """Runs in every launched process when another run holds the folder: each must learn the verdict and stop."""
+    from accelerate import PartialState
+
+    from msaf_hf.run_folder import OutputDirLockedError
+    from msaf_hf.training import train
+
+    try:
+        train(*_arguments(output_dir))
+    except OutputDirLockedError as err:
+        with open(os.path.join(output_dir, f"refused{PartialState().process_index}.txt"), "w") as handle:
+            handle.write(str(err))
+        sys.exit(3)
+
+
+def test_a_locked_folder_stops_every_process_of_a_distributed_run(tmp_path):
+    """Only the main process takes the lock; the other one learns its verdict and stops too (no hang)."""
+    from msaf_hf.run_folder import RunLock
+
+    launcher = Path(sys.executable).with_name("accelerate")
+    if not launcher.is_file():
+        pytest.skip(f"the accelerate launcher is not installed next to {sys.executable}")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    command = [str(launcher), "launch", "--config_file", str(ACCELERATE_CONFIG), "--main_process_port", str(_free_port()),
+               __file__, str(tmp_path), "refused"]
+    with RunLock(tmp_path):  # this process holds the folder
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   cwd=tmp_path, start_new_session=True)
+        try:
+            stdout, stderr = process.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            pytest.fail(f"a rank hung instead of stopping:\n{stdout[-3000:]}\n{stderr[-5000:]}")
+    assert process.returncode != 0
+    for rank in (0, 1):
+        message = (tmp_path / f"refused{rank}.txt").read_text()
+        assert f"in use by another training run (pid {os.getpid()} on host {socket.gethostname()}" in message
+    assert not list(tmp_path.glob("checkpoint-*")) and not (tmp_path / "run.json").exists()
+
+
 if __name__ == "__main__":
-    _worker(sys.argv[1])
+    if sys.argv[2:] == ["refused"]:
+        _refused_worker(sys.argv[1])
+    else:
+        _worker(sys.argv[1])

@@ -249,6 +249,42 @@ def test_rgba_is_composited_onto_white():
 # ---------------------------------------------------------------------- errors
 
 
+def test_16_bit_png_ramp_is_scaled_by_its_bit_depth(tmp_path):
+    ramp = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    PIL.Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    image = PIL.Image.open(tmp_path / "ramp.png")
+    assert image.mode in ("I;16", "I")
+    processor = DSNetImageProcessor(do_normalize=False)
+    expected = torch.from_numpy(ramp.astype(np.float64) / 65535.0)
+    for kind, value in (("PIL " + image.mode, image), ("numpy uint16", ramp), ("PIL I", image.convert("I"))):
+        pixels = processor(value, return_tensors="pt")["pixel_values"][0]
+        assert pixels.shape == (3, 256, 256), kind
+        assert torch.allclose(pixels.double(), expected.expand(3, -1, -1), atol=1e-6), kind  # no clipping at 255
+    # The 8-bit image of the same ramp gives the same values up to its quantisation.
+    eight_bit = processor(np.round(ramp / 257.0).astype(np.uint8), return_tensors="pt")["pixel_values"][0]
+    assert (eight_bit.double() - expected).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_float_input_already_in_0_1_warns_before_rescaling_again(caplog):
+    from transformers.utils import logging as hf_logging
+
+    image_processing_dsnet.logger.warning_once.cache_clear()
+    hf_logging.enable_propagation()
+    try:
+        processor = DSNetImageProcessor()
+        with caplog.at_level("WARNING"):
+            processor(np.random.default_rng(0).random((H, W, 3)).astype(np.float32))
+        assert "already rescaled" in caplog.text and "do_rescale=False" in caplog.text
+        image_processing_dsnet.logger.warning_once.cache_clear()
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            processor(np.random.default_rng(0).random((H, W, 3)).astype(np.float32), do_rescale=False)
+            processor((np.random.default_rng(0).random((H, W, 3)) * 255).astype(np.float32))
+        assert "already rescaled" not in caplog.text
+    finally:
+        hf_logging.disable_propagation()
+
+
 def test_error_when_map_count_differs_from_image_count():
     with pytest.raises(ValueError, match=r"2 image\(s\) but 1 segmentation map"):
         DSNetImageProcessor()([_rgb(0), _rgb(1)], segmentation_maps=[np.zeros((H, W), np.uint8)])

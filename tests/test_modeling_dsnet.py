@@ -277,6 +277,16 @@ def test_wrong_channel_count_is_explained(tiny_config):
         model(torch.randn(1, 32, 32, 3))  # channels-last numpy layout
 
 
+def test_float64_input_is_explained(tiny_config):
+    model = DSNetForSemanticSegmentation(tiny_config).eval()
+    with pytest.raises(TypeError, match=r"pixel_values is torch.float64 but the model's weights are torch.float32.*"
+                                        r"pixel_values.to\(torch.float32\)"):
+        model(torch.rand(1, 3, 32, 32, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: autocast casts the input itself
+        assert model(torch.rand(1, 3, 32, 32, dtype=torch.bfloat16)).logits.shape[0] == 1
+    assert model.to(torch.float64)(torch.rand(1, 3, 32, 32, dtype=torch.float64)).logits.dtype == torch.float64
+
+
 def test_out_of_range_labels_are_explained(tiny_config):
     model = DSNetForSemanticSegmentation(tiny_config).train()
     labels = torch.randint(0, 5, (2, 32, 32))

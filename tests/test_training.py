@@ -229,7 +229,7 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "a")] == ["checkpoint-6", "checkpoint-8"]
 
 
-def test_resume_with_other_batch_settings_continues_with_a_warning(tmp_path, caplog):
+def test_resume_with_other_batch_settings_needs_allow_changed_settings(tmp_path, caplog):
     common = {"checkpointing_steps": "3", "eval_split": "none"}
     with pytest.raises(Crash):
         train(*tiny_run(tmp_path, **common), callbacks=[crash_at(4)])
@@ -237,10 +237,14 @@ def test_resume_with_other_batch_settings_continues_with_a_warning(tmp_path, cap
 
     AcceleratorState._reset_state(True)
     # 3 steps x 4 images consumed in epoch 0; now 4 images per micro-batch without accumulation.
-    output = train(*tiny_run(tmp_path, resume_from_checkpoint=str(tmp_path / "checkpoint-3"), per_device_train_batch_size=4,
-                             gradient_accumulation_steps=1, **common))
+    changed = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 1}
+    with pytest.raises(ValueError, match="(?s)gradient_accumulation_steps: 2 -> 1.*per_device_train_batch_size: 2 -> 4"):
+        train(*tiny_run(tmp_path, resume_from_checkpoint=str(tmp_path / "checkpoint-3"), **changed, **common))
+    AcceleratorState._reset_state(True)
+    output = train(*tiny_run(tmp_path, resume_from_checkpoint=str(tmp_path / "checkpoint-3"), allow_changed_settings=True,
+                             **changed, **common))
     assert output.global_step == 8
-    assert "Resuming with different settings" in caplog.text and "per_device_train_batch_size 2 -> 4" in caplog.text
+    assert "with changed settings" in caplog.text and "per_device_train_batch_size: 2 -> 4" in caplog.text
     epochs = [h["epoch"] for h in TrainerState.load(tmp_path).log_history if "loss" in h]
     assert epochs == sorted(epochs) and epochs[-1] == 1  # 5 steps per epoch: step 8 is in epoch 1
 
@@ -484,7 +488,286 @@ def test_push_to_hub_during_and_after_training(tmp_path, monkeypatch, local_hub_
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "eval_results.json",
             "training_hyperparameters.json", "last-checkpoint/trainer_state.json",
             "last-checkpoint/optimizer.bin"} <= files
+    assert not [f for f in files if "random_states" in f]  # the RNG pickles stay on this machine
     titles = [commit.title for commit in api.list_repo_commits("me/dsnet-tiny")]
     assert titles[0] == "End of training" and "Training in progress, step 4" in titles
     pushed = DSNetForSemanticSegmentation.from_pretrained("me/dsnet-tiny", token=token)
     assert all(torch.equal(v, output.model.state_dict()[k]) for k, v in pushed.state_dict().items())
+
+
+# --------------------------------------------------------------------------------------------------
+# One run per output folder (issue 10)
+# --------------------------------------------------------------------------------------------------
+def _reset_accelerate():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+
+
+def test_rerun_with_overwrite_replaces_the_earlier_run_completely(tmp_path):
+    """The earlier run's checkpoints have higher step numbers: they must neither swallow nor outlive the new run's."""
+    train(*tiny_run(tmp_path, eval_split="none", max_steps=6, checkpointing_steps="2"))
+    first_id = json.loads((tmp_path / "run.json").read_text())["run_id"]
+    (tmp_path / "notes.txt").write_text("mine")  # not a training output: left alone
+    _reset_accelerate()
+    train(*tiny_run(tmp_path, eval_split="none", max_steps=2, checkpointing_steps="2", overwrite_output_dir=True))
+    second_id = json.loads((tmp_path / "run.json").read_text())["run_id"]
+    assert second_id != first_id
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2"]
+    assert TrainerState.load(tmp_path / "checkpoint-2").run_id == second_id
+    assert json.loads((tmp_path / "final" / "train_results.json").read_text())["global_step"] == 2
+    assert find_latest_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_checkpoints_of_another_run_are_never_resumed_or_rotated(tmp_path):
+    with pytest.raises(Crash):
+        train(*tiny_run(tmp_path, eval_split="none", checkpointing_steps="2", checkpoints_total_limit=1),
+              callbacks=[crash_at(3)])
+    foreign = tmp_path / "checkpoint-8"  # e.g. copied in from another run's folder
+    foreign.mkdir()
+    (foreign / "trainer_state.json").write_text(json.dumps({"global_step": 8, "run_id": "someone-else"}))
+    run_id = json.loads((tmp_path / "run.json").read_text())["run_id"]
+    assert find_latest_checkpoint(tmp_path, run_id) == tmp_path / "checkpoint-2"
+    _reset_accelerate()
+    with pytest.raises(FileExistsError, match="checkpoints of another run \\(checkpoint-8\\)"):
+        train(*tiny_run(tmp_path, eval_split="none", checkpointing_steps="2", resume_from_checkpoint="latest"))
+    assert (foreign / "trainer_state.json").is_file()
+
+
+def test_a_finished_run_is_not_overwritten_without_asking(tmp_path):
+    train(*tiny_run(tmp_path, eval_split="none", max_steps=2))  # no checkpoints: final/, all_results.json
+    assert not list_checkpoints(tmp_path)
+    _reset_accelerate()
+    with pytest.raises(FileExistsError, match=r"earlier run \(all_results.json, final/.*--overwrite_output_dir"):
+        train(*tiny_run(tmp_path, eval_split="none", max_steps=2, learning_rate=0.05))
+    assert json.loads((tmp_path / "final" / "training_hyperparameters.json").read_text())["learning_rate"] == 0.01
+    _reset_accelerate()
+    train(*tiny_run(tmp_path, eval_split="none", max_steps=2, learning_rate=0.05, overwrite_output_dir=True))
+    assert json.loads((tmp_path / "final" / "training_hyperparameters.json").read_text())["learning_rate"] == 0.05
+
+
+def test_resume_latest_without_a_checkpoint_is_an_error_naming_the_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"no complete checkpoint.*" + re.escape(str(tmp_path)) + r".*notes\.txt"):
+        train(*tiny_run(tmp_path, resume_from_checkpoint="latest"))
+    assert not (tmp_path / "final").exists()
+
+
+_BLOCKED_RUN = """
+import pathlib, sys, time
+from msaf_hf import training
+
+started, release = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+original = training._train
+
+def blocked(*args, **kwargs):
+    def wait(state):
+        if state.global_step == 1:
+            started.write_text("step 1")
+            while not release.exists():
+                time.sleep(0.05)
+    return original(*args, callbacks=[wait], **kwargs)
+
+training._train = blocked
+training.main(sys.argv[3:])
+"""
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_folder_the_second_is_refused_and_a_killed_run_is_taken_over(tmp_path):
+    import signal
+    import socket
+    import time
+
+    out = tmp_path / "out"
+    argv = ["--synthetic", "--synthetic_num_train", "8", "--synthetic_num_eval", "2", "--synthetic_image_size", "32",
+            "32", "--config_overrides", "base_channels=4,ohem_min_kept=64", "--per_device_train_batch_size", "2",
+            "--max_steps", "2", "--checkpointing_steps", "1", "--disable_tqdm", "--output_dir", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+
+    def start_blocked(name: str, *extra: str) -> tuple[subprocess.Popen, Path, Path]:
+        started, release = tmp_path / f"{name}.started", tmp_path / f"{name}.release"
+        process = subprocess.Popen([sys.executable, "-c", _BLOCKED_RUN, str(started), str(release), *argv, *extra],
+                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 240
+        while not started.exists():
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the first run did not reach step 1"
+            time.sleep(0.1)
+        return process, started, release
+
+    first, _, release = start_blocked("first", "--overwrite_output_dir")
+    try:
+        second = _run_script([*argv, "--overwrite_output_dir"], tmp_path, timeout=240)
+        assert second.returncode != 0
+        assert "in use by another training run" in second.stderr
+        assert f"pid {first.pid} on host {socket.gethostname()}" in second.stderr, second.stderr[-3000:]
+        assert (out / "checkpoint-1").is_dir()  # the first run's files are untouched
+        release.write_text("go")
+        stdout, stderr = first.communicate(timeout=240)
+        assert first.returncode == 0, stderr[-3000:]
+        assert re.search(r"^out mIoU: ", stdout, re.M)  # it reports its own model
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+
+    # A run killed while holding the folder: the next one detects the dead holder and takes over.
+    killed, _, _ = start_blocked("killed", "--overwrite_output_dir")
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    resumed = _run_script([*argv, "--resume_from_checkpoint", "latest"], tmp_path, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Taking over the lock of pid {killed.pid}" in resumed.stderr
+    assert "Resumed from" in resumed.stderr and (out / "final" / "model.safetensors").is_file()
+
+
+def test_quickstart_twice_in_one_folder(tmp_path, monkeypatch, caplog):
+    """The quickstart recipe sets overwrite_output_dir: running it again replaces the earlier run and succeeds."""
+    from msaf_hf.training import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", str(REPO_ROOT / "configuration" / "quickstart.yaml"), "--max_steps", "2",
+            "--synthetic_num_train", "16", "--synthetic_num_eval", "2", "--eval_steps", "none",
+            "--checkpointing_steps", "1", "--config_overrides", "base_channels=4,ohem_min_kept=64", "--disable_tqdm"]
+    first = main(args)
+    first_id = json.loads((tmp_path / "outputs" / "quickstart" / "run.json").read_text())["run_id"]
+    _reset_accelerate()
+    second = main(args)
+    assert first.global_step == second.global_step == 2
+    assert "deleted the earlier run's" in caplog.text
+    assert json.loads((tmp_path / "outputs" / "quickstart" / "run.json").read_text())["run_id"] != first_id
+    assert [p.name for p in list_checkpoints(tmp_path / "outputs" / "quickstart")] == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_a_failed_final_push_fails_the_command(tmp_path, monkeypatch, local_hub_client):
+    token = local_hub_client.add_token("me")
+    monkeypatch.setenv("HF_TOKEN", token)
+    local_hub_client.fail_for(3600, 503)  # the Hub is down for the whole run
+    out = tmp_path / "out"
+    argv = ["--synthetic", "--synthetic_num_train", "8", "--synthetic_num_eval", "2", "--synthetic_image_size", "32",
+            "32", "--config_overrides", "base_channels=4,ohem_min_kept=64", "--per_device_train_batch_size", "2",
+            "--max_steps", "2", "--disable_tqdm", "--output_dir", str(out), "--push_to_hub", "--hub_model_id",
+            "me/dsnet-tiny"]
+    from msaf_hf.training import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    message = str(exit_info.value.code)  # a message: the exit status is 1
+    assert "final push to the Hub failed" in message and "503" in message
+    retry = message.splitlines()[-1].strip()
+    assert retry.startswith("python ") and "push_to_hub.py" in retry and str(out / "final") in retry
+    assert (out / "final" / "model.safetensors").is_file()  # the trained model stays on disk
+
+    # The printed command pushes just the model once the Hub is back.
+    local_hub_client.clear_faults()
+    import shlex
+
+    words = shlex.split(retry)
+    env = {**local_hub_client.client_env(token=token), "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run([sys.executable, *words[1:]], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=local_hub_client.url, token=token)
+    assert "model.safetensors" in set(api.list_repo_files("me/dsnet-tiny"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Resume: changed settings, damaged checkpoints, another architecture
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def crashed_run(tmp_path_factory):
+    """A run killed after step 5, with checkpoints at steps 2 and 4 (copied for each test that uses it)."""
+    folder = tmp_path_factory.mktemp("crashed") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(Crash):
+            train(*tiny_run(folder, eval_split="none", checkpointing_steps="2"), callbacks=[crash_at(5)])
+    finally:
+        torch.set_num_threads(threads)
+        _reset_accelerate()
+    return folder
+
+
+def _copy_run(source: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".run.lock"))
+    return target
+
+
+def test_resume_with_changed_settings_is_an_error_listing_them(crashed_run, tmp_path):
+    folder = _copy_run(crashed_run, tmp_path / "run")
+    with pytest.raises(ValueError) as info:
+        train(*tiny_run(folder, eval_split="none", checkpointing_steps="2", resume_from_checkpoint="latest",
+                        learning_rate=0.02, crop_size=[24, 24], lr_scheduler_type="cosine", hflip_probability=0.0))
+    text = str(info.value)
+    for line in ("learning_rate: 0.01 -> 0.02", "crop_size: None -> [24, 24]", "lr_scheduler_type: 'poly' -> 'cosine'",
+                 "hflip_probability: 0.5 -> 0.0", "--allow_changed_settings"):
+        assert line in text, text
+    _reset_accelerate()
+    with pytest.raises(ValueError, match="config.head_type: 'head128' -> 'head64'"):
+        train(*tiny_run(folder, eval_split="none", resume_from_checkpoint="latest",
+                        config_overrides="base_channels=4,ohem_min_kept=64,head_type=head64"))
+    _reset_accelerate()
+    with pytest.raises(ValueError, match="(?s)optimizer: 'sgd' -> 'adamw'.*cannot continue"):
+        train(*tiny_run(folder, eval_split="none", resume_from_checkpoint="latest", optimizer="adamw",
+                        allow_changed_settings=True))
+
+
+def test_allowed_changed_settings_are_used_and_recorded(crashed_run, tmp_path):
+    folder = _copy_run(crashed_run, tmp_path / "run")
+    train(*tiny_run(folder, eval_split="none", checkpointing_steps="2", resume_from_checkpoint="latest",
+                    learning_rate=0.02, momentum=0.8, allow_changed_settings=True))
+    logged = [(h["step"], h["learning_rate"]) for h in TrainerState.load(folder).log_history if "learning_rate" in h]
+    for step, lr in logged:  # the checkpoint's rate before step 4, the new one after
+        assert lr == pytest.approx((0.01 if step <= 4 else 0.02) * lr_factor(step - 1, 8), rel=1e-12), (step, lr)
+    assert [step for step, _ in logged] == [1, 2, 3, 4, 5, 6, 7, 8]
+    used = json.loads((folder / "final" / "training_hyperparameters.json").read_text())
+    assert used["learning_rate"] == 0.02 and used["momentum"] == 0.8
+    assert "learning_rate 0.01 -> 0.02" in used["changed_on_resume"] and "at step 4" in used["changed_on_resume"]
+    assert TrainerState.load(folder / "checkpoint-8").settings["learning_rate"] == 0.02
+    from msaf_hf.hub import render_model_card
+
+    card = str(render_model_card(folder / "final", repo_id="me/dsnet"))
+    assert "changed_on_resume" in card and "learning_rate 0.01 -> 0.02" in card
+
+
+def test_resume_with_another_architecture_is_a_short_error(crashed_run, tmp_path):
+    folder = _copy_run(crashed_run, tmp_path / "run")
+    with pytest.raises(ValueError) as info:
+        train(*tiny_run(folder, eval_split="none", resume_from_checkpoint="latest", allow_changed_settings=True,
+                        config_overrides="base_channels=8,ohem_min_kept=64"))
+    text = str(info.value)
+    assert "another architecture" in text and "tensors differ in shape" in text
+    assert len(text.splitlines()) <= 3 and len(text) < 600, text
+
+
+def test_a_damaged_newest_checkpoint_is_named_and_the_previous_one_offered(crashed_run, tmp_path):
+    folder = _copy_run(crashed_run, tmp_path / "run")
+    weights = folder / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(RuntimeError) as info:
+        train(*tiny_run(folder, eval_split="none", checkpointing_steps="2", resume_from_checkpoint="latest"))
+    text = str(info.value)
+    assert str(weights) in text and f"--resume_from_checkpoint {folder / 'checkpoint-2'}" in text, text
+    _reset_accelerate()  # the offered checkpoint works
+    output = train(*tiny_run(folder, eval_split="none", checkpointing_steps="2",
+                             resume_from_checkpoint=str(folder / "checkpoint-2")))
+    assert output.global_step == 8
+
+
+@pytest.mark.parametrize("line, name", [("seed: [1, 2]", "seed"), ("max_steps: 2.5", "max_steps"),
+                                        ("per_device_train_batch_size: [8]", "per_device_train_batch_size"), ("synthetic: 3", "synthetic")])
+def test_recipe_values_of_the_wrong_type_fail_at_parse_time(tmp_path, line, name):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"synthetic: true\n{line}\n")
+    with pytest.raises(ValueError, match=rf"\.{name} must be"):
+        parse_args(["--config", str(recipe)])
+    recipe.write_text("synthetic: true\nmax_steps: 300.0\nlearning_rate: 1\n")  # integral values are fine
+    args = parse_args(["--config", str(recipe)])[2]
+    assert args.max_steps == 300 and isinstance(args.max_steps, int) and args.learning_rate == 1.0

@@ -26,6 +26,7 @@ __all__ = [
     "HUB_STRATEGIES",
     "SANITIZED_JSON_FILES",
     "TRAINING_STATE_PATTERNS",
+    "CHECKPOINT_EXCLUDE_PATTERNS",
     "HubPushPlan",
     "collect_upload_files",
     "plan_hub_push",
@@ -62,6 +63,11 @@ TRAINING_STATE_PATTERNS: tuple[str, ...] = (
     "training_args.json",
     "checkpoint-*",
 )
+
+#: Files of a checkpoint folder that are never uploaded, even with ``checkpoint_folder``: the RNG states (pickles of
+#: this machine's generators, useless elsewhere and unsafe to unpickle from a download). Resuming from a downloaded
+#: checkpoint works without them (Accelerate then keeps the fresh generators).
+CHECKPOINT_EXCLUDE_PATTERNS: tuple[str, ...] = ("random_states*.pkl", "rng_state*.pth")
 
 #: ``hub_strategy`` values, as in transformers' ``TrainingArguments``.
 HUB_STRATEGIES: tuple[str, ...] = ("end", "every_save", "checkpoint", "all_checkpoints")
@@ -114,6 +120,7 @@ def _checkpoint_files(folder: Path) -> list[str]:
         p.relative_to(folder).as_posix()
         for p in folder.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and not _matches(p.name, CHECKPOINT_EXCLUDE_PATTERNS)
     )
 
 
@@ -158,7 +165,8 @@ def push_folder_to_hub(
         write_card: Generate README.md; if False, the folder's README.md (if any) is uploaded.
         card_kwargs: Extra keyword arguments for `render_model_card`.
         allow_patterns / ignore_patterns: Extra fnmatch patterns for top-level files.
-        checkpoint_folder: A full checkpoint (optimizer state included) to upload as well.
+        checkpoint_folder: A full checkpoint (model, optimizer and scheduler state, trainer_state.json) to
+            upload as well; its RNG states (`CHECKPOINT_EXCLUDE_PATTERNS`) stay on this machine.
         checkpoint_path_in_repo: Where ``checkpoint_folder`` goes in the repo.
         delete_stale_weights: Delete remote top-level ``*.safetensors`` / index files that are not
             part of this upload (e.g. shards of a previous, differently-sharded save).

@@ -134,6 +134,7 @@ def test_push_replaces_stale_weights_and_checkpoint(local_hub: LocalHub, tmp_pat
     ckpt1.mkdir()
     (ckpt1 / "optimizer.bin").write_bytes(b"step 10")
     (ckpt1 / "scheduler.pt").write_bytes(b"sched")
+    (ckpt1 / "random_states_0.pkl").write_bytes(b"rng")  # never uploaded
     push_folder_to_hub(sharded, "me/dsnet", token=token, endpoint=local_hub.url, checkpoint_folder=ckpt1)
     files = set(api.list_repo_files("me/dsnet"))
     assert {
@@ -141,6 +142,7 @@ def test_push_replaces_stale_weights_and_checkpoint(local_hub: LocalHub, tmp_pat
         "last-checkpoint/optimizer.bin",
         "last-checkpoint/scheduler.pt",
     } <= files
+    assert "last-checkpoint/random_states_0.pkl" not in files
 
     single = make_model_folder(tmp_path / "single", results=False, training_state=False)
     ckpt2 = tmp_path / "checkpoint-20"
