@@ -190,7 +190,7 @@ def test_fusion_ablations(tiny_config):
     config = DSNetConfig(**{**tiny_config.to_dict(), "fusion_type": "add"})
     model = DSNetForSemanticSegmentation(config).eval()
     out = model(torch.randn(1, 3, 32, 32), output_attentions=True)
-    assert out.attentions == (None, None, None)
+    assert out.attentions == ()  # a plain sum has no fusion weights to record
     assert not any("fusions" in name for name, _ in model.named_parameters())
 
 
