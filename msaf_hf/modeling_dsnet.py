@@ -920,12 +920,13 @@ class DSNetForSemanticSegmentation(DSNetPreTrainedModel):
         # avoid a synchronisation per step (the training data pipeline validates labels before they get there).
         if labels.device.type == "cpu" and not torch.compiler.is_compiling():
             ignore_index = self.config.semantic_loss_ignore_index
-            num_classes = max(self.config.num_labels, 2)  # binary segmentation (num_labels=1): labels 0 and 1
-            bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
+            num_labels = self.config.num_labels
+            binary = " (binary segmentation: 0 or 1)" if num_labels == 1 else ""
+            bad = ((labels < 0) | (labels >= max(num_labels, 2))) & (labels != ignore_index)
             if bool(bad.any()):
                 values = torch.unique(labels[bad])[:10].tolist()
                 raise ValueError(
-                    f"labels contain values {values} outside [0, {num_classes}) (num_labels={self.config.num_labels}) that are not "
+                    f"labels contain values {values} outside [0, num_labels={num_labels}){binary} that are not "
                     f"the ignore index {ignore_index}. Map void classes to {ignore_index} (or set "
                     "config.semantic_loss_ignore_index), or load the model with the right num_labels."
                 )
