@@ -101,7 +101,7 @@ class ConvNormAct(nn.Module):
 
 
 class DSNetCheckpointedBlock(GradientCheckpointingLayer):
-    """A block that `model.gradient_checkpointing_enable()` checkpoints (transformers' GradientCheckpointingLayer).
+    """A block that `model.activation_checkpointing_enable()` (formerly `gradient_checkpointing_enable()`) checkpoints (transformers' GradientCheckpointingLayer).
 
     DSNet's blocks hold BatchNorms, whose training-mode forward also updates running statistics: the backward
     pass's recomputation would update them a second time. So the recomputation runs with the statistics saved

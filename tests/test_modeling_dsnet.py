@@ -390,8 +390,8 @@ def test_gradient_checkpointing_gives_identical_gradients_and_statistics(tiny_co
     reference = DSNetForSemanticSegmentation(tiny_config).train()
     checkpointed = DSNetForSemanticSegmentation(tiny_config).train()
     checkpointed.load_state_dict(reference.state_dict())
-    checkpointed.gradient_checkpointing_enable()
-    assert checkpointed.is_gradient_checkpointing
+    checkpointed.activation_checkpointing_enable()
+    assert checkpointed.is_activation_checkpointing
     calls = []
     for block in (checkpointed.dsnet.shared_stage1[0], checkpointed.dsnet.fusions[0], checkpointed.dsnet.pyramid):
         block._gradient_checkpointing_func = (lambda f: lambda *a, **k: calls.append(1) or f(*a, **k))(
