@@ -104,9 +104,9 @@ class DSNetCheckpointedBlock(GradientCheckpointingLayer):
     """A block that `model.activation_checkpointing_enable()` (formerly `gradient_checkpointing_enable()`) checkpoints (transformers' GradientCheckpointingLayer).
 
     DSNet's blocks hold BatchNorms, whose training-mode forward also updates running statistics: the backward
-    pass's recomputation would update them a second time. So the recomputation runs with the statistics saved
-    and restored around it, which keeps training with checkpointing identical to training without it (same
-    gradients, same running statistics).
+    pass's recomputation would update them a second time. So the recomputation runs with momentum 0 (it
+    normalises with batch statistics either way), which keeps training with checkpointing identical to training
+    without it (same gradients, same running statistics).
     """
 
     @property
@@ -131,26 +131,34 @@ class DSNetCheckpointedBlock(GradientCheckpointingLayer):
 
         self.__dict__["_checkpoint_keeping_statistics"] = checkpoint_keeping_statistics if checkpoint else None
 
+    @_gradient_checkpointing_func.deleter
+    def _gradient_checkpointing_func(self) -> None:  # gradient_checkpointing_disable()
+        self.__dict__.pop("_checkpoint_keeping_statistics", None)
+
 
 class _batch_norm_statistics_kept:
-    """Context manager: restore every BatchNorm's running statistics of `module` on exit."""
+    """Context manager: the BatchNorms of `module` run exactly as in training (so a non-reentrant checkpoint sees
+    the same saved tensors) but with momentum 0, so their running statistics keep their values; the batch
+    counter, which no autograd graph saves, is put back on exit."""
 
     def __init__(self, module: nn.Module):
         self.module = module
 
     def __enter__(self) -> None:
         self.saved = [
-            (buffer, buffer.detach().clone())
+            (m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
             for m in self.module.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for buffer in (m.running_mean, m.running_var, m.num_batches_tracked)
-            if buffer is not None
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
         ]
+        for m, _, _ in self.saved:
+            m.momentum = 0.0  # running = running * (1 - 0) + batch * 0
 
     def __exit__(self, *exc) -> None:
         with torch.no_grad():
-            for buffer, value in self.saved:
-                buffer.copy_(value)
+            for m, momentum, batches in self.saved:
+                m.momentum = momentum
+                if batches is not None:
+                    m.num_batches_tracked.copy_(batches)
 
 
 def _norm_args(config: DSNetConfig) -> dict:
