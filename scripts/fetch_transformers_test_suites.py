@@ -33,7 +33,7 @@ def fetch(version: str) -> Path:
     with tempfile.TemporaryDirectory() as download:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", f"transformers=={version}", "--no-deps", "--no-binary", ":all:",
-             "--no-build-isolation", "-q", "-d", download],
+             "-q", "-d", download],
             check=True,
         )
         (archive,) = Path(download).glob("transformers-*.tar.gz")
