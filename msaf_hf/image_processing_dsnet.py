@@ -196,6 +196,10 @@ class DSNetImageProcessor(PilBackend):
 
         if return_tensors is not None:
             _check_same_size(data["pixel_values"], "pixel_values")
+        if return_tensors is not None and TensorType(return_tensors) == TensorType.PYTORCH:
+            # Batch without the extra copy BatchFeature's numpy stacking makes (a view for a single image).
+            pixel_values = [torch.from_numpy(image) for image in data["pixel_values"]]
+            data["pixel_values"] = pixel_values[0][None] if len(pixel_values) == 1 else torch.stack(pixel_values)
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def _preprocess(
@@ -216,12 +220,19 @@ class DSNetImageProcessor(PilBackend):
         for image in images:
             if do_resize:
                 image = self.resize(image, size=size, resample=resample)
+            # One float32 copy (torch copies a strided channels-first view fast), then rescale and normalise in
+            # place: ((x * factor) - mean) / std per channel. The backend's rescale/normalize allocate a new float64
+            # array per step: twice as slow on the evaluation path (whole 1024x2048 images), same values to float32
+            # rounding.
+            pixels = torch.from_numpy(np.require(image, requirements=["W"])).to(torch.float32, copy=True)
             if do_rescale:
-                image = self.rescale(image, rescale_factor)
+                pixels.mul_(rescale_factor)
             if do_normalize:
-                image = self.normalize(image, image_mean, image_std)
-            # The model's weights are float32; uint8 would leak through when rescale/normalise are off.
-            processed.append(np.asarray(image, dtype=np.float32))
+                channels = pixels.shape[0]
+                pixels.sub_(torch.as_tensor(image_mean, dtype=torch.float32).reshape(-1, 1, 1).expand(channels, 1, 1))
+                pixels.div_(torch.as_tensor(image_std, dtype=torch.float32).reshape(-1, 1, 1).expand(channels, 1, 1))
+            image = pixels.numpy()
+            processed.append(image)
         return processed
 
     def reduce_label(self, label_map: np.ndarray, ignore_index: int | None = None) -> np.ndarray:
