@@ -538,7 +538,11 @@ class DSNetModelOutput(ModelOutput):
             stem, shared stage 1 (1/4), shared stage 2 (1/8), the three fused features and the pyramid output.
         attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
             The three fusion weight maps `w` (values in (0, 1), shape `(batch_size, 4p, height / 8, width / 8)`):
-            the share of the detail branch in each fused pixel is `w`, the context branch's `1 - w`.
+            the share of the detail branch in each fused pixel is `w`, the context branch's `1 - w`. Empty with
+            `fusion_type="add"` (a plain sum has no weights).
+
+    `hidden_states` and `attentions` are recorded by transformers' output-capturing hooks (`_can_record_outputs`);
+    `return_dict=False` gives `to_tuple()` of this output.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
