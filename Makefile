@@ -11,7 +11,8 @@ BIN := $(VENV)/bin
 quickstart: $(VENV)/.installed  ## train + evaluate a small DSNet on the built-in synthetic set (no network, no data)
 	$(BIN)/python scripts/train.py --config configuration/quickstart.yaml
 
-test: $(VENV)/.installed  ## run the test suite
+test: $(VENV)/.installed  ## run the test suite (first fetches transformers' common test suites into .cache/)
+	$(BIN)/python scripts/fetch_transformers_test_suites.py
 	$(BIN)/python -m pytest -q
 
 setup: $(VENV)/.installed
@@ -24,4 +25,4 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) outputs .cache

@@ -84,6 +84,10 @@ class DSNetConfig(PreTrainedConfig):
             Kept for compatibility with transformers utilities; convolutions use Kaiming initialisation as
             published.
 
+    `num_labels` (a common [`PreTrainedConfig`] argument) sets the number of classes; `num_labels=1` makes a binary
+    segmenter (one foreground logit per pixel, sigmoid binary cross-entropy on labels 0/1, OHEM and class weights
+    not used), as transformers' segmenters do.
+
     Example:
 
     ```python

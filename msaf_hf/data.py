@@ -58,6 +58,7 @@ __all__ = [
     "SegmentationData",
     "SegmentationDataset",
     "SegmentationEvalTransform",
+    "eval_image_processor",
     "SegmentationTrainTransform",
     "SkipStats",
     "collate_fn",
@@ -1018,38 +1019,46 @@ class SegmentationTrainTransform:
         return self.normalize(pixels), torch.from_numpy(np.require(label, np.int64, ["C", "W"]))
 
 
-class SegmentationEvalTransform:
-    """Evaluation preprocessing: optional resize of the IMAGE, then normalise. Deterministic.
+def eval_image_processor(
+    eval_size: Optional[Sequence[int]] = None, ignore_index: int = IGNORE_INDEX, reduce_labels: bool = False
+) -> Any:
+    """The ``DSNetImageProcessor`` of the evaluation protocol, the one definition of evaluation preprocessing
+    (training saves it beside its checkpoints; evaluation and the pipeline run it).
 
-    ``eval_size``: None keeps the native size (the published protocol: whole image, single scale);
-    one value resizes the long side to it (aspect kept); two values give (height, width). Labels are
-    always returned at their native resolution, so metrics are computed against the original
+    ``eval_size``: None keeps the native size (the published protocol: whole image, single scale); one value
+    resizes the long side to it, keeping the aspect ratio (``{"max_height": N, "max_width": N}``); two values
+    give (height, width).
+    """
+    from .image_processing_dsnet import DSNetImageProcessor
+
+    kwargs: dict[str, Any] = {"ignore_index": ignore_index, "do_reduce_labels": bool(reduce_labels)}
+    if eval_size is not None:
+        size = [int(v) for v in eval_size]
+        if len(size) not in (1, 2) or min(size) <= 0:
+            raise ValueError(f"eval_size must be one or two positive sizes (long side, or height width), got {size}.")
+        kwargs["do_resize"] = True
+        kwargs["size"] = (
+            {"max_height": size[0], "max_width": size[0]} if len(size) == 1 else {"height": size[0], "width": size[1]}
+        )
+    return DSNetImageProcessor(**kwargs)
+
+
+class SegmentationEvalTransform:
+    """Evaluation preprocessing: the image through an image processor (``DSNetImageProcessor``; default: the
+    native-size one of :func:`eval_image_processor`), the label unchanged. Deterministic.
+
+    Labels are always returned at their native resolution, so metrics are computed against the original
     annotation: upsample the logits to ``labels.shape[-2:]`` (DSNet's loss does so already).
     """
 
-    def __init__(
-        self,
-        eval_size: Optional[Sequence[int]] = None,
-        image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-        image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
-    ) -> None:
-        self.eval_size = None if eval_size is None else [int(v) for v in eval_size]
-        self.normalize = _Normalizer(image_mean, image_std)
+    def __init__(self, image_processor: Any = None) -> None:
+        self.image_processor = image_processor if image_processor is not None else eval_image_processor()
 
     def __call__(
         self, image: PIL.Image.Image, label: np.ndarray, rng: Optional[np.random.Generator] = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.eval_size is not None:
-            width, height = image.size
-            if len(self.eval_size) == 1:
-                ratio = self.eval_size[0] / max(height, width)
-                size = (max(1, int(width * ratio + 0.5)), max(1, int(height * ratio + 0.5)))
-            else:
-                size = (self.eval_size[1], self.eval_size[0])
-            if size != (width, height):
-                image = image.resize(size, PIL.Image.Resampling.BILINEAR)
-        pixels = np.asarray(image, dtype=np.uint8)
-        return self.normalize(pixels), torch.from_numpy(np.require(label, np.int64, ["C", "W"]))
+        pixel_values = self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        return pixel_values, torch.from_numpy(np.require(label, np.int64, ["C", "W"]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1441,10 +1450,13 @@ def _infer_num_labels(source: Any, indices: Sequence[int], mapper: LabelMapper, 
     return largest + 1
 
 
-def load_segmentation_data(args: DataArguments, *, seed: int = 0) -> SegmentationData:
+def load_segmentation_data(
+    args: DataArguments, *, seed: int = 0, image_processor: Any = None
+) -> SegmentationData:
     """Build the training and evaluation datasets described by ``args``.
 
-    ``seed`` seeds the augmentation (pass the training seed). Class names are resolved in this order:
+    ``seed`` seeds the augmentation (pass the training seed). ``image_processor`` preprocesses evaluation images
+    (default: :func:`eval_image_processor` of ``args.eval_size``; ``scripts/evaluate.py`` passes the checkpoint's). Class names are resolved in this order:
     ``--id2label_file``; the source's own names (synthetic names, a ``ClassLabel`` feature in the label
     column, the Cityscapes table); an ``id2label.json`` in the local data folder (or at the root of the
     Hub dataset repository); finally, for small datasets only, generic names ``class_<i>`` with the
@@ -1596,7 +1608,11 @@ def load_segmentation_data(args: DataArguments, *, seed: int = 0) -> Segmentatio
     eval_dataset: Optional[SegmentationDataset] = None
     if eval_source is not None and eval_indices is not None:
         eval_dataset = SegmentationDataset(
-            eval_source, "eval", SegmentationEvalTransform(args.eval_size), mapper,
+            eval_source, "eval",
+            SegmentationEvalTransform(
+                image_processor or eval_image_processor(args.eval_size, args.ignore_index, reduce_labels)
+            ),
+            mapper,
             indices=eval_indices, seed=seed, skip_bad_examples=args.skip_bad_examples, replacement="masked",
         )
         eval_dataset.stats.unmatched_files = eval_unmatched

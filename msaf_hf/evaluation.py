@@ -281,10 +281,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if eval_args.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
+    image_processor, preprocessing = _evaluation_image_processor(eval_args, data_args)
     data_args, names_file = _evaluation_data_args(data_args, model.config.id2label)
     try:
         with accelerator.main_process_first():
-            data = load_segmentation_data(data_args)
+            data = load_segmentation_data(data_args, image_processor=image_processor)
     finally:
         if names_file is not None:
             os.unlink(names_file)
@@ -307,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result,
         model=eval_args.model_name_or_path,
         **_dataset_description(data_args),
-        eval_size=data_args.eval_size or "native",
+        eval_size=preprocessing,
         test_time_augmentation={"flip": eval_args.flip, "scales": list(eval_args.scales)},
         num_processes=accelerator.num_processes,
     )
@@ -319,6 +320,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         output_file.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         print(f"mIoU: {result.metrics['mean_iou']:.4f} on {result.num_images} images; results written to {output_file}")
     return payload
+
+
+def _evaluation_image_processor(eval_args: EvaluationArguments, data_args: DataArguments) -> tuple[Any, Any]:
+    """The preprocessing the checkpoint was saved with (its preprocessor_config.json: size, normalisation), unless
+    --eval_size overrides the size; and how to describe it in the results. Returns (None, ...) to let the data
+    module build the processor of --eval_size (or the native-size default when the checkpoint has none)."""
+    from .image_processing_dsnet import DSNetImageProcessor
+
+    if data_args.eval_size is not None:
+        return None, list(data_args.eval_size)
+    try:
+        processor = DSNetImageProcessor.from_pretrained(eval_args.model_name_or_path, revision=eval_args.revision)
+    except OSError:
+        logger.warning(
+            "%s has no preprocessor_config.json: evaluating at native size with ImageNet normalisation (pass "
+            "--eval_size to resize).", eval_args.model_name_or_path,
+        )
+        return None, "native"
+    size = processor.to_dict()["size"] if processor.do_resize else "native"
+    logger.info("Preprocessing from %s: size %s", eval_args.model_name_or_path, size)
+    return processor, size
 
 
 def _evaluation_data_args(data_args: DataArguments, model_id2label: dict[Any, str]) -> tuple[DataArguments, Optional[str]]:

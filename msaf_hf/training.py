@@ -573,15 +573,10 @@ def _check_num_labels(model_labels: int, data_labels: int, source: str, ignore_m
 
 
 def build_image_processor(data_args: DataArguments, ignore_index: int = 255) -> Any:
-    """The ``DSNetImageProcessor`` matching the evaluation preprocessing of ``msaf_hf.data``."""
-    from .image_processing_dsnet import DSNetImageProcessor
+    """The ``DSNetImageProcessor`` that evaluation runs (``msaf_hf.data.eval_image_processor``), saved with checkpoints."""
+    from .data import eval_image_processor
 
-    kwargs: dict[str, Any] = {"ignore_index": ignore_index, "do_reduce_labels": bool(data_args.reduce_labels)}
-    if data_args.eval_size is not None:
-        size = [int(v) for v in data_args.eval_size]
-        kwargs["do_resize"] = True
-        kwargs["size"] = {"longest_edge": size[0]} if len(size) == 1 else {"height": size[0], "width": size[1]}
-    return DSNetImageProcessor(**kwargs)
+    return eval_image_processor(data_args.eval_size, ignore_index, bool(data_args.reduce_labels))
 
 
 def create_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:

@@ -20,6 +20,7 @@ from msaf_hf.data import (
     DataArguments,
     LabelMapper,
     SegmentationEvalTransform,
+    eval_image_processor,
     SegmentationTrainTransform,
     collate_fn,
     example_rng,
@@ -567,9 +568,9 @@ def test_skip_stats_are_shared_with_dataloader_workers(bad_folder):
 
 def test_eval_transform_resizes_image_but_keeps_native_labels():
     image, label = _pattern_example(12, 16)
-    pixel_values, labels = SegmentationEvalTransform(eval_size=[8])(image, label)
+    pixel_values, labels = SegmentationEvalTransform(eval_image_processor([8]))(image, label)
     assert pixel_values.shape == (3, 6, 8) and torch.equal(labels, torch.from_numpy(label))
-    pixel_values, _ = SegmentationEvalTransform(eval_size=[24, 8])(image, label)
+    pixel_values, _ = SegmentationEvalTransform(eval_image_processor([24, 8]))(image, label)
     assert pixel_values.shape == (3, 24, 8)
     pixel_values, _ = SegmentationEvalTransform()(image, label)
     original = torch.from_numpy(np.array(image)).permute(2, 0, 1).float()
@@ -660,3 +661,17 @@ def test_camvid_from_shared_folder(tmp_path):
     eval_example = data.eval[0]
     assert eval_example["pixel_values"].shape == (3, 360, 480) and eval_example["labels"].shape == (360, 480)
     assert set(eval_example["labels"].unique().tolist()) <= set(range(11)) | {255}
+
+
+@pytest.mark.parametrize("eval_size", [[8], [24, 8]])
+def test_saved_eval_preprocessor_is_the_evaluation_transform(eval_size, tmp_path):
+    """Evaluation preprocessing has one definition: the image processor training saves, which must load and run
+    (one --eval_size value used to save size={"longest_edge": N}, refused by the processor at its first call)."""
+    from msaf_hf import DSNetImageProcessor
+    from msaf_hf.training import build_image_processor
+
+    image, label = _pattern_example(12, 16)
+    build_image_processor(DataArguments(eval_size=eval_size)).save_pretrained(tmp_path)  # what training saves
+    reloaded = DSNetImageProcessor.from_pretrained(tmp_path)
+    expected, _ = SegmentationEvalTransform(eval_image_processor(eval_size))(image, label)
+    torch.testing.assert_close(reloaded(images=image, return_tensors="pt")["pixel_values"][0], expected)

@@ -223,3 +223,26 @@ def test_evaluate_command_reuses_a_training_recipe_and_needs_a_model(tmp_path):
 def _write(path: Path, content) -> Path:
     path.write_text(json.dumps(content))
     return path
+
+
+def test_evaluate_command_uses_the_checkpoints_saved_preprocessing(tmp_path, monkeypatch):
+    """Without --eval_size the checkpoint's preprocessor_config.json decides the input size (it used to score at
+    full resolution unless --eval_size was repeated); --eval_size overrides it."""
+    from msaf_hf.data import eval_image_processor
+
+    torch.manual_seed(0)
+    model = DSNetForSemanticSegmentation(load_preset("dsnet", base_channels=4, num_labels=4))
+    model.save_pretrained(tmp_path / "model")
+    eval_image_processor([16, 24]).save_pretrained(tmp_path / "model")
+    seen = []
+    forward = DSNetForSemanticSegmentation.forward
+    monkeypatch.setattr(DSNetForSemanticSegmentation, "forward",
+                        lambda self, pixel_values, **kw: seen.append(tuple(pixel_values.shape[-2:])) or forward(self, pixel_values, **kw))
+    args = ["--config", str(REPO_ROOT / "configuration" / "quickstart.yaml"), "--model_name_or_path",
+            str(tmp_path / "model"), "--synthetic_num_eval", "2", "--synthetic_num_train", "1",
+            "--output_file", str(tmp_path / "eval.json")]
+    payload = main(args)
+    assert payload["eval_size"] == {"height": 16, "width": 24} and set(seen) == {(16, 24)}
+    seen.clear()
+    payload = main([*args, "--eval_size", "8", "16"])
+    assert payload["eval_size"] == [8, 16] and set(seen) == {(8, 16)}

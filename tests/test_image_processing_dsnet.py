@@ -505,3 +505,23 @@ def test_loads_as_hub_remote_code_without_msaf_hf(tmp_path):
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_channels_other_than_rgb_pass_with_matching_mean_and_std():
+    """A DSNetConfig(num_channels=4) model needs 4-channel inputs: kept with do_convert_rgb=False."""
+    processor = DSNetImageProcessor()
+    image = np.random.default_rng(0).integers(0, 256, (12, 16, 4), dtype=np.uint8)
+    mean, std = [0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]
+    pixel_values = processor(image, do_convert_rgb=False, image_mean=mean, image_std=std).pixel_values
+    expected = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    torch.testing.assert_close(pixel_values[0], expected)
+    with pytest.raises(ValueError, match="4 channels but image_mean has 3 values"):
+        processor(image, do_convert_rgb=False)
+
+
+def test_one_label_logits_post_process_as_binary_segmentation():
+    logits = torch.tensor([[[[-1.0, 2.0], [0.5, -3.0]]]])  # (1, 1, 2, 2): a binary segmenter's foreground logit
+    (segmentation,) = DSNetImageProcessor().post_process_semantic_segmentation(logits)
+    assert segmentation.tolist() == [[0, 1], [1, 0]]  # argmax over one channel would be all 0
+    (resized,) = DSNetImageProcessor().post_process_semantic_segmentation(logits, target_sizes=[(4, 4)])
+    assert resized.shape == (4, 4) and set(resized.unique().tolist()) == {0, 1}
