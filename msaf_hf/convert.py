@@ -345,7 +345,7 @@ def convert_original_checkpoint(
 
 def default_id2label(num_labels: int) -> dict[int, str]:
     """Class names for the datasets the published checkpoints were trained on, else generic names."""
-    from .data import CITYSCAPES_ID2LABEL, load_id2label_file  # local: data pulls in `datasets`
+    from .data.labels import CITYSCAPES_ID2LABEL, load_id2label_file  # local: data pulls in torch's data tools
     from .presets import configuration_dir
 
     if num_labels == 19:  # Cityscapes (BDD10K shares its classes)
