@@ -23,7 +23,7 @@ from .modeling_dsnet import (
     DSNetPreTrainedModel,
     DSNetSemanticSegmenterOutput,
 )
-from .metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
+from .evaluation.metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
 from .presets import list_presets, load_preset
 
 __version__ = "0.1.0"

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--channels-last", choices=("no", "yes", "both"), default="both")
 
     metrics = modes.add_parser(
-        "metrics", help="evaluation metrics (msaf_hf.metrics) vs torchmetrics / scikit-learn, CamVid-sized data"
+        "metrics", help="evaluation metrics (msaf_hf.evaluation.metrics) vs torchmetrics / scikit-learn, CamVid-sized data"
     )
     metrics.add_argument("--num-samples", type=int, default=101)
     metrics.add_argument("--height", type=int, default=360)

@@ -42,10 +42,10 @@ import torch
 
 
 try:
-    from msaf_hf.metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
+    from msaf_hf.evaluation.metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
 except ImportError:  # running from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from msaf_hf.metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
+    from msaf_hf.evaluation.metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
 
 
 __all__ = ["make_benchmark_data", "run_metrics_benchmark", "format_table", "main"]

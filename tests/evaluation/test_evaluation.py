@@ -24,7 +24,7 @@ from msaf_hf.evaluation import (
     shard_indices,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
