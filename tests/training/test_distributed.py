@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ACCELERATE_CONFIG = REPO_ROOT / "configuration" / "accelerate" / "cpu_2proc.yaml"
 
 
@@ -147,7 +147,7 @@ def _refused_worker(output_dir: str) -> None:
     """Runs in every launched process when another run holds the folder: each must learn the verdict and stop."""
     from accelerate import PartialState
 
-    from msaf_hf.run_folder import OutputDirLockedError
+    from msaf_hf.training.run_folder import OutputDirLockedError
     from msaf_hf.training import train
 
     try:
@@ -160,7 +160,7 @@ def _refused_worker(output_dir: str) -> None:
 
 def test_a_locked_folder_stops_every_process_of_a_distributed_run(tmp_path):
     """Only the main process takes the lock; the other one learns its verdict and stops too (no hang)."""
-    from msaf_hf.run_folder import RunLock
+    from msaf_hf.training.run_folder import RunLock
 
     launcher = Path(sys.executable).with_name("accelerate")
     if not launcher.is_file():

@@ -38,7 +38,7 @@ try:  # imported as part of a `tests` package
 except ImportError:  # tests/ on sys.path (pytest's default layout)
     from hub_fixtures import local_hub, local_hub_client  # noqa: F401
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO_ROOT / "configuration").glob("*.yaml"))
 
 
@@ -251,7 +251,7 @@ def test_resume_with_other_batch_settings_needs_allow_changed_settings(tmp_path,
 
 def test_the_loop_reads_device_values_only_when_logging(tmp_path, monkeypatch):
     """Host synchronisation (reading a tensor's value) happens once per logging window, not per step."""
-    import msaf_hf.training as training_module
+    import msaf_hf.training.trainer as training_module
 
     reads = []
     for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
@@ -556,21 +556,21 @@ def test_resume_latest_without_a_checkpoint_is_an_error_naming_the_folder(tmp_pa
 
 _BLOCKED_RUN = """
 import pathlib, sys, time
-from msaf_hf import training
+from msaf_hf.training import cli, trainer
 
 started, release = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-original = training._train
+original = trainer.Trainer.train
 
-def blocked(*args, **kwargs):
+def blocked(self, callbacks=()):
     def wait(state):
         if state.global_step == 1:
             started.write_text("step 1")
             while not release.exists():
                 time.sleep(0.05)
-    return original(*args, callbacks=[wait], **kwargs)
+    return original(self, callbacks=[wait])
 
-training._train = blocked
-training.main(sys.argv[3:])
+trainer.Trainer.train = blocked
+cli.main(sys.argv[3:])
 """
 
 

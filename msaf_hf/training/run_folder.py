@@ -1,6 +1,6 @@
 """An output folder belongs to one training run: its run id, its lock, and what counts as an earlier result.
 
-Three small pieces used by :mod:`msaf_hf.training`, kept free of training code so they can move as they are:
+Three small pieces used by :mod:`msaf_hf.training.resume`, kept free of training code (standard library only):
 
 * :class:`RunLock`: an exclusive ``flock`` on ``output_dir/.run.lock``, held by the main process for the whole run.
   The kernel drops a ``flock`` when its process dies (``kill -9`` included), so a lock left behind by a killed run
