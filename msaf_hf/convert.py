@@ -139,7 +139,9 @@ def rename_original_key(key: str) -> str:
             renamed = _apply(_RULE_SETS[kind], rest)
         if renamed is not None:
             return f"{target}.{renamed}"
-    raise KeyError(f"Unknown key {key!r} in the original DSNet checkpoint: it matches no module of the published model.")
+    raise KeyError(
+        f"Unknown key {key!r} in the original DSNet checkpoint: it matches no module of the published model."
+    )
 
 
 @dataclass

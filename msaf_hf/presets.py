@@ -7,7 +7,7 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .configuration_dsnet import DSNetConfig
 
@@ -34,7 +34,7 @@ def configuration_dir() -> Path:
         ) from error
 
 
-def find_configuration_file(path: str | os.PathLike) -> Optional[Path]:
+def find_configuration_file(path: str | os.PathLike) -> Path | None:
     """``path`` when it is a file; else, for a bare file name, the packaged configuration file of that name (so
     ``camvid_id2label.json`` or ``quickstart.yaml`` work from an installed package); else None."""
     file = Path(path)

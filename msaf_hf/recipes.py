@@ -10,7 +10,7 @@ import os
 import sys
 import typing
 from collections.abc import Iterable, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -22,7 +22,7 @@ _SCALAR_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 _MAPPING_FIELDS = {"config_overrides"}  # a string on the command line, a mapping in a recipe
 
 
-def check_field_types(arguments: Any, names: Optional[Iterable[str]] = None) -> None:
+def check_field_types(arguments: Any, names: Iterable[str] | None = None) -> None:
     """Check that scalar fields (``int``, ``float``, ``bool``, ``str``, optionally ``Optional``) hold their type.
 
     Recipe values reach the dataclasses without argparse's conversion, so ``seed: [1, 2]`` or ``max_steps: 2.5``
@@ -54,13 +54,15 @@ def check_field_types(arguments: Any, names: Optional[Iterable[str]] = None) -> 
         )
 
 
-def _scalar_type(annotation: Any) -> tuple[Optional[type], bool]:
+def _scalar_type(annotation: Any) -> tuple[type | None, bool]:
     """(int/float/bool/str or None, whether None is allowed) of a field annotation, a string or resolved (as
     ``HfArgumentParser`` leaves it)."""
     if isinstance(annotation, str):
         text = annotation.replace(" ", "")
-        optional = text.startswith("Optional[") and text.endswith("]")
-        return _SCALAR_TYPES.get(text[len("Optional["):-1] if optional else text), optional
+        if text.startswith("Optional[") and text.endswith("]"):
+            return _SCALAR_TYPES.get(text[len("Optional[") : -1]), True
+        members = [m for m in text.split("|") if m != "None"]  # "int | None" (PEP 604)
+        return _SCALAR_TYPES.get(members[0]) if len(members) == 1 else None, len(members) < len(text.split("|"))
     if annotation in _SCALAR_TYPES.values():
         return annotation, False
     members = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -81,7 +83,9 @@ def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ValueError(f"Recipe {str(file)!r} must be a mapping of 'argument: value' pairs, got {type(values).__name__}.")
+        raise ValueError(
+            f"Recipe {str(file)!r} must be a mapping of 'argument: value' pairs, got {type(values).__name__}."
+        )
     return values
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -24,31 +23,31 @@ class DataArguments:
     """
 
     # ---- source: Hub / local Hub-style folder
-    dataset_name: Optional[str] = field(
+    dataset_name: str | None = field(
         default=None,
         metadata={
             "help": "A Hub dataset id, or a local folder laid out like a Hub dataset repository (e.g. "
             "train-*.parquet / validation-*.parquet shards), loaded with datasets.load_dataset."
         },
     )
-    dataset_config_name: Optional[str] = field(
+    dataset_config_name: str | None = field(
         default=None, metadata={"help": "The dataset configuration name passed to datasets.load_dataset."}
     )
-    dataset_cache_dir: Optional[str] = field(
+    dataset_cache_dir: str | None = field(
         default=None, metadata={"help": "Cache directory for datasets.load_dataset (default: the datasets cache)."}
     )
     train_split: str = field(
         default="train",
         metadata={"help": "Training split (a dataset split name, or the Cityscapes split folder)."},
     )
-    eval_split: Optional[str] = field(
+    eval_split: str | None = field(
         default="validation",
         metadata={
             "help": "Evaluation split ('validation' also finds 'val'/'valid'); 'none' for no evaluation data. "
             "Ignored with --eval_split_fraction or --eval_image_dir."
         },
     )
-    eval_split_fraction: Optional[float] = field(
+    eval_split_fraction: float | None = field(
         default=None,
         metadata={
             "help": "Carve this fraction (0..1) of the training examples out as the evaluation set "
@@ -62,7 +61,7 @@ class DataArguments:
     label_column: str = field(
         default="label", metadata={"help": "Dataset column holding the label maps (class ids per pixel)."}
     )
-    name_column: Optional[str] = field(
+    name_column: str | None = field(
         default=None,
         metadata={
             "help": "Dataset column naming each example in error messages (default: 'name', 'file_name', "
@@ -70,16 +69,16 @@ class DataArguments:
         },
     )
     # ---- source: image / mask folders
-    image_dir: Optional[str] = field(
+    image_dir: str | None = field(
         default=None, metadata={"help": "Folder of training images (matched to --mask_dir files by file stem)."}
     )
-    mask_dir: Optional[str] = field(
+    mask_dir: str | None = field(
         default=None, metadata={"help": "Folder of training label maps (single-channel class ids, e.g. PNG)."}
     )
-    eval_image_dir: Optional[str] = field(default=None, metadata={"help": "Folder of evaluation images."})
-    eval_mask_dir: Optional[str] = field(default=None, metadata={"help": "Folder of evaluation label maps."})
+    eval_image_dir: str | None = field(default=None, metadata={"help": "Folder of evaluation images."})
+    eval_mask_dir: str | None = field(default=None, metadata={"help": "Folder of evaluation label maps."})
     # ---- source: Cityscapes
-    cityscapes_root: Optional[str] = field(
+    cityscapes_root: str | None = field(
         default=None,
         metadata={
             "help": "Cityscapes root with leftImg8bit/<split>/<city>/*_leftImg8bit.png and "
@@ -114,7 +113,7 @@ class DataArguments:
     ignore_index: int = field(
         default=IGNORE_INDEX, metadata={"help": "Label value of pixels that are not trained on or scored."}
     )
-    id2label_file: Optional[str] = field(
+    id2label_file: str | None = field(
         default=None,
         metadata={
             "help": "JSON file of class names: {\"0\": \"sky\", ...} or a list. A bare file name that does not "
@@ -129,21 +128,21 @@ class DataArguments:
             "image and label sizes differ or whose labels are out of range, instead of raising."
         },
     )
-    max_train_samples: Optional[int] = field(
+    max_train_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N training examples (debugging, quick runs)."}
     )
-    max_eval_samples: Optional[int] = field(
+    max_eval_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N evaluation examples."}
     )
     # ---- augmentation (training)
-    crop_size: Optional[list[int]] = field(
+    crop_size: list[int] | None = field(
         default=None,
         metadata={
             "help": "Training crop: height width (or one value for a square). Default: the synthetic image "
             "size with --synthetic, else 512 512. DSNet needs multiples of 8."
         },
     )
-    base_size: Optional[int] = field(
+    base_size: int | None = field(
         default=None,
         metadata={
             "help": "Long side the random scale is relative to (e.g. 2048 for Cityscapes); default: each "
@@ -153,7 +152,7 @@ class DataArguments:
     scale_range: list[float] = field(
         default_factory=lambda: [0.5, 2.0], metadata={"help": "Random scale factor range: min max."}
     )
-    scale_step: Optional[float] = field(
+    scale_step: float | None = field(
         default=None,
         metadata={
             "help": "If set, scale factors are min + k*step (discrete, as the published code does with 0.1); "
@@ -162,7 +161,7 @@ class DataArguments:
     )
     hflip_probability: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip."})
     # ---- evaluation
-    eval_size: Optional[list[int]] = field(
+    eval_size: list[int] | None = field(
         default=None,
         metadata={
             "help": "Evaluation input size: height width, or one value for the long side (aspect kept). "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -21,7 +20,7 @@ _REASON_CODES = {name: code for code, name in SKIP_REASONS.items()}
 class ExampleProblem(Exception):
     """Raised by sources/label mapping; the dataset turns it into a BadExampleError with full context."""
 
-    def __init__(self, reason: str, detail: str, name: Optional[str] = None) -> None:
+    def __init__(self, reason: str, detail: str, name: str | None = None) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
@@ -40,12 +39,12 @@ class BadExampleError(ValueError):
         self,
         message: str,
         *,
-        split: Optional[str] = None,
-        index: Optional[int] = None,
-        source_index: Optional[int] = None,
-        name: Optional[str] = None,
-        reason: Optional[str] = None,
-        detail: Optional[str] = None,
+        split: str | None = None,
+        index: int | None = None,
+        source_index: int | None = None,
+        name: str | None = None,
+        reason: str | None = None,
+        detail: str | None = None,
     ) -> None:
         super().__init__(message)
         self.split, self.index, self.source_index = split, index, source_index
@@ -53,8 +52,8 @@ class BadExampleError(ValueError):
 
     @classmethod
     def for_example(
-        cls, split: str, index: int, source_index: int, name: Optional[str], reason: str, detail: str
-    ) -> "BadExampleError":
+        cls, split: str, index: int, source_index: int, name: str | None, reason: str, detail: str
+    ) -> BadExampleError:
         """Build the error with a message naming the split, index, source row and file/example name."""
         where = f"split '{split}', index {index}"
         if source_index != index:
@@ -103,7 +102,7 @@ class SkipStats:
     def counts(self) -> dict[str, int]:
         """Number of skipped examples per reason (only reasons seen)."""
         values, counts = torch.unique(self._codes[self._codes != 0], return_counts=True)
-        return {SKIP_REASONS.get(int(v), "other"): int(c) for v, c in zip(values, counts)}
+        return {SKIP_REASONS.get(int(v), "other"): int(c) for v, c in zip(values, counts, strict=False)}
 
     def bad_indices(self) -> list[int]:
         """Dataset indices found bad so far, ascending."""
@@ -121,7 +120,7 @@ class DataStats:
     """Skip statistics of both splits (read them at any time, e.g. after each epoch)."""
 
     train: SkipStats
-    eval: Optional[SkipStats] = None
+    eval: SkipStats | None = None
 
     def summary(self) -> dict[str, int]:
         """Flat counts, handy for logging: ``{"train_skipped": .., "train_unmatched_files": .., ...}``."""

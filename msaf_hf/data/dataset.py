@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -40,7 +40,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         transform: Transform,
         label_mapper: LabelMapper,
         *,
-        indices: Optional[Sequence[int]] = None,
+        indices: Sequence[int] | None = None,
         seed: int = 0,
         skip_bad_examples: bool = False,
         replacement: str = "duplicate",
@@ -75,13 +75,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def ignore_index(self) -> int:
         return self.label_mapper.ignore_index
 
-    def load_example(self, index: int) -> tuple[PIL.Image.Image, np.ndarray, Optional[str]]:
+    def load_example(self, index: int) -> tuple[PIL.Image.Image, np.ndarray, str | None]:
         """Decode, map and validate example ``index`` without augmentation: (RGB image, int64 label, name).
 
         Raises :class:`BadExampleError` for a bad example (regardless of ``skip_bad_examples``).
         """
         source_index = self.indices[index]
-        name: Optional[str] = None
+        name: str | None = None
         try:
             raw = self.source.load(source_index)
             name = raw.name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -178,7 +178,7 @@ class LabelMapper:
     ``DSNetImageProcessor.reduce_label``). Valid results are ``ignore_index`` or ``0..num_labels-1``.
     """
 
-    num_labels: Optional[int]
+    num_labels: int | None
     ignore_index: int = IGNORE_INDEX
     void_labels: tuple[int, ...] = ()
     reduce_labels: bool = False

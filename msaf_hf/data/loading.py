@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +37,7 @@ class SegmentationData:
     """What :func:`load_segmentation_data` returns."""
 
     train: SegmentationDataset
-    eval: Optional[SegmentationDataset]
+    eval: SegmentationDataset | None
     id2label: dict[int, str]
     num_labels: int
     ignore_index: int
@@ -77,7 +77,7 @@ def _local_id2label_candidates(args: DataArguments) -> list[Path]:
     return [folder / "id2label.json" for folder in folders]
 
 
-def _hub_id2label(dataset_name: str) -> Optional[dict[int, str]]:
+def _hub_id2label(dataset_name: str) -> dict[int, str] | None:
     """``id2label.json`` at the root of a Hub dataset repository (the HF segmentation examples' convention)."""
     try:
         from huggingface_hub import hf_hub_download
@@ -145,7 +145,7 @@ def load_segmentation_data(
         indices=train_indices, seed=seed, skip_bad_examples=args.skip_bad_examples,
     )
     train.stats.unmatched_files = sources.train_unmatched
-    eval_dataset: Optional[SegmentationDataset] = None
+    eval_dataset: SegmentationDataset | None = None
     if sources.eval is not None and eval_indices is not None:
         processor = image_processor or eval_image_processor(args.eval_size, args.ignore_index, args.reduce_labels)
         eval_dataset = SegmentationDataset(
@@ -172,7 +172,7 @@ class _Sources:
     eval: Any = None
     train_unmatched: int = 0
     eval_unmatched: int = 0
-    id2label: Optional[dict[int, str]] = None  # the source's own class names, if it has any
+    id2label: dict[int, str] | None = None  # the source's own class names, if it has any
     void_labels: tuple[int, ...] = ()
 
 
@@ -187,7 +187,7 @@ def _open_sources(args: DataArguments, kind: str) -> _Sources:
 
 def _hub_sources(args: DataArguments, kind: str) -> _Sources:
     void_labels = tuple(args.void_labels)
-    id2label: Optional[dict[int, str]] = None
+    id2label: dict[int, str] | None = None
     if kind == "synthetic":
         dsd = make_synthetic_segmentation_dataset(
             args.synthetic_num_train, args.synthetic_num_eval, args.synthetic_image_size,
@@ -264,7 +264,7 @@ def _cityscapes_sources(args: DataArguments) -> _Sources:
     return sources
 
 
-def _split_indices(args: DataArguments, sources: _Sources) -> tuple[list[int], Optional[list[int]]]:
+def _split_indices(args: DataArguments, sources: _Sources) -> tuple[list[int], list[int] | None]:
     """Step 2: the training and evaluation indices, carving the evaluation set out of the training source when
     ``--eval_split_fraction`` asks for it (then ``sources.eval`` becomes the training source)."""
     train_indices = list(range(len(sources.train)))
@@ -293,7 +293,7 @@ def _resolve_id2label(
 ) -> dict[int, str]:
     """Step 3: the class names, in the order the docstring of :func:`load_segmentation_data` gives."""
     where = sources.where
-    id2label: Optional[dict[int, str]] = None
+    id2label: dict[int, str] | None = None
     if args.id2label_file is not None:
         id2label = load_id2label_file(args.id2label_file)
         if sources.id2label is not None and sources.id2label != id2label:

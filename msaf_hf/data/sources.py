@@ -10,7 +10,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -29,7 +29,7 @@ _NAME_COLUMN_CANDIDATES = ("name", "file_name", "filename", "image_id", "id")
 class RawExample:
     image: PIL.Image.Image  # RGB
     label: np.ndarray  # int64 (H, W), source ids (Cityscapes: already trainIds)
-    name: Optional[str]
+    name: str | None
 
 
 class HubSource:
@@ -41,7 +41,7 @@ class HubSource:
         dataset: Any,
         image_column: str,
         label_column: str,
-        name_column: Optional[str],
+        name_column: str | None,
         description: str,
     ) -> None:
         import datasets
@@ -72,7 +72,7 @@ class HubSource:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _row(self, index: int) -> tuple[dict[str, Any], Optional[str]]:
+    def _row(self, index: int) -> tuple[dict[str, Any], str | None]:
         row = self.dataset[index]
         name = row.get(self.name_column) if self.name_column else None
         if name is None:
@@ -109,7 +109,7 @@ class PairSource:
         self,
         pairs: list[tuple[Path, Path]],
         description: str,
-        lut: Optional[np.ndarray] = None,
+        lut: np.ndarray | None = None,
         ignore_index: int = IGNORE_INDEX,
     ) -> None:
         self.pairs, self.description, self.lut, self.ignore_index = pairs, description, lut, ignore_index

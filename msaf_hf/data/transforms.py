@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -14,6 +14,7 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from ..image_processing_dsnet import DSNetImageProcessor
 from .arguments import size_pair
 from .labels import IGNORE_INDEX
+
 
 def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The RNG of one example in one epoch: a pure function of (seed, epoch, index).
@@ -69,8 +70,8 @@ class SegmentationTrainTransform:
         self,
         crop_size: Sequence[int],
         scale_range: Sequence[float] = (0.5, 2.0),
-        scale_step: Optional[float] = None,
-        base_size: Optional[int] = None,
+        scale_step: float | None = None,
+        base_size: int | None = None,
         hflip_probability: float = 0.5,
         ignore_index: int = IGNORE_INDEX,
         image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
@@ -119,7 +120,7 @@ class SegmentationTrainTransform:
 
 
 def eval_image_processor(
-    eval_size: Optional[Sequence[int]] = None, ignore_index: int = IGNORE_INDEX, reduce_labels: bool = False
+    eval_size: Sequence[int] | None = None, ignore_index: int = IGNORE_INDEX, reduce_labels: bool = False
 ) -> Any:
     """The ``DSNetImageProcessor`` of the evaluation protocol, the one definition of evaluation preprocessing
     (training saves it beside its checkpoints; evaluation and the pipeline run it).
@@ -152,7 +153,7 @@ class SegmentationEvalTransform:
         self.image_processor = image_processor if image_processor is not None else eval_image_processor()
 
     def __call__(
-        self, image: PIL.Image.Image, label: np.ndarray, rng: Optional[np.random.Generator] = None
+        self, image: PIL.Image.Image, label: np.ndarray, rng: np.random.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         pixel_values = self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
         return pixel_values, torch.from_numpy(np.require(label, np.int64, ["C", "W"]))

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -43,11 +43,11 @@ __all__ = [
 class EvaluationArguments:
     """What to evaluate and how (``scripts/evaluate.py``); the data comes from ``DataArguments``."""
 
-    model_name_or_path: Optional[str] = field(
+    model_name_or_path: str | None = field(
         default=None, metadata={"help": "A save_pretrained folder or a Hub model id (required)."}
     )
     revision: str = field(default="main", metadata={"help": "Hub revision of the model."})
-    output_file: Optional[str] = field(
+    output_file: str | None = field(
         default=None, metadata={"help": "Where to write the JSON results (default: ./eval_results.json)."}
     )
     flip: bool = field(default=False, metadata={"help": "Test-time augmentation: average with the flipped image."})
@@ -56,8 +56,9 @@ class EvaluationArguments:
         metadata={"help": "Test-time augmentation: input scales whose predictions are averaged, e.g. 0.75 1.0 1.25."},
     )
     per_device_eval_batch_size: int = field(default=1, metadata={"help": "Images per process per batch."})
-    mixed_precision: Optional[str] = field(
-        default=None, metadata={"help": "no, fp16 or bf16 (default: the accelerate config).", "choices": ["no", "fp16", "bf16"]}
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={"help": "no, fp16 or bf16 (default: the accelerate config).", "choices": ["no", "fp16", "bf16"]},
     )
     channels_last: bool = field(default=False, metadata={"help": "Use channels-last memory format."})
     use_cpu: bool = field(default=False, metadata={"help": "Evaluate on the CPU even if an accelerator is present."})
@@ -132,7 +133,7 @@ def load_evaluation_model(eval_args: EvaluationArguments, accelerator: Any) -> t
     return model
 
 
-def write_evaluation_results(payload: dict[str, Any], output_file: Optional[str]) -> Path:
+def write_evaluation_results(payload: dict[str, Any], output_file: str | None) -> Path:
     """Write the results (``--output_file``, default ``./eval_results.json``); returns the path written."""
     return write_results_file(Path(output_file or "eval_results.json"), payload)
 
@@ -156,7 +157,7 @@ def evaluation_image_processor(eval_args: EvaluationArguments, data_args: DataAr
     return processor, size
 
 
-def evaluation_data_args(data_args: DataArguments, model_id2label: dict[Any, str]) -> tuple[DataArguments, Optional[str]]:
+def evaluation_data_args(data_args: DataArguments, model_id2label: dict[Any, str]) -> tuple[DataArguments, str | None]:
     """Only the evaluation split is needed: read the training side from it too, and name the classes as the model
     does unless --id2label_file says otherwise (the model's class ids are what its logits mean). Returns the
     arguments and the temporary class-name file written for that (to delete after loading), if any."""

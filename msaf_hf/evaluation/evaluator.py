@@ -24,7 +24,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -128,8 +128,8 @@ def evaluate(
     flip: bool = False,
     scales: Sequence[float] = (1.0,),
     channels_last: bool = False,
-    id2label: Optional[dict[int, str]] = None,
-    ignore_index: Optional[int] = None,
+    id2label: dict[int, str] | None = None,
+    ignore_index: int | None = None,
     show_progress: bool = True,
 ) -> EvaluationResult:
     """Score ``model`` on ``dataset`` (see the module docstring). Every process must call it.
@@ -191,7 +191,8 @@ def format_results_table(metrics: dict[str, Any], id2label: dict[int, str]) -> s
     width = max([len("class"), len("mean class accuracy")] + [len(n) for n in names])
     lines = [f"{'class':<{width}}  {'IoU %':>6}  {'acc %':>6}", "-" * (width + 16)]
     for index, name in enumerate(names):
-        lines.append(f"{name:<{width}}  {pct(metrics['per_class_iou'][index])}  {pct(metrics['per_class_accuracy'][index])}")
+        iou, accuracy = metrics["per_class_iou"][index], metrics["per_class_accuracy"][index]
+        lines.append(f"{name:<{width}}  {pct(iou)}  {pct(accuracy)}")
     lines.append("-" * (width + 16))
     lines.append(f"{'mIoU':<{width}}  {pct(metrics['mean_iou'])}")
     lines.append(f"{'pixel accuracy':<{width}}  {pct(metrics['pixel_accuracy'])}")

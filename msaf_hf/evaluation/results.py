@@ -23,7 +23,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 __all__ = [
     "ALL_RESULTS_FILE",
@@ -65,7 +65,7 @@ _METRIC_ALIASES = {
 _DATASET_KEYS = ("dataset_name", "dataset_id", "dataset_split", "dataset_config")
 
 
-def nan_to_none(value: Any) -> Optional[float]:
+def nan_to_none(value: Any) -> float | None:
     """``value`` as a float, or None when it is None or NaN (JSON has no NaN)."""
     if value is None:
         return None
@@ -86,13 +86,13 @@ def eval_results(metrics: Mapping[str, Any], id2label: Mapping[int, str], **extr
         "per_class_iou": [nan_to_none(v) for v in metrics["per_class_iou"]],
         "per_class_accuracy": [nan_to_none(v) for v in metrics["per_class_accuracy"]],
         "class_names": names,
-        "iou_by_class": {name: nan_to_none(v) for name, v in zip(names, metrics["per_class_iou"])},
+        "iou_by_class": {name: nan_to_none(v) for name, v in zip(names, metrics["per_class_iou"], strict=False)},
     }
     out.update(extra)
     return out
 
 
-def all_results(train_loss: Optional[float], global_step: int, evaluation: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+def all_results(train_loss: float | None, global_step: int, evaluation: Mapping[str, Any] | None) -> dict[str, Any]:
     """The ``all_results.json`` content: the training counters plus ``evaluation`` (an :func:`eval_results` dict)
     with ``eval_``-prefixed keys."""
     return {"train_loss": train_loss, "global_step": global_step,
@@ -138,7 +138,7 @@ def _without_nan(value: Any) -> Any:
     return value
 
 
-def normalize_eval_results(raw: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+def normalize_eval_results(raw: Mapping[str, Any] | None) -> dict[str, Any]:
     """Canonical eval-results dict: ``mean_iou``, ``pixel_accuracy``, ``mean_class_accuracy``,
     ``per_class_iou``, ``per_class_accuracy`` (None/NaN for absent classes), ``class_names``,
     ``step`` and the ``dataset_*`` keys, from trainer- or ``evaluate``-style keys (an ``eval_``
@@ -176,7 +176,7 @@ def read_eval_results(folder: str | os.PathLike) -> dict[str, Any]:
     return normalize_eval_results(evals)
 
 
-def read_json(path: Path) -> Optional[dict[str, Any]]:
+def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object file's content, or None when it is missing, unreadable or not an object."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -185,7 +185,7 @@ def read_json(path: Path) -> Optional[dict[str, Any]]:
     return data if isinstance(data, dict) else None
 
 
-def _as_float(value: Any) -> Optional[float]:
+def _as_float(value: Any) -> float | None:
     try:
         return float(value)
     except (TypeError, ValueError):

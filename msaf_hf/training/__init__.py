@@ -28,8 +28,8 @@ What :func:`train` guarantees:
 * **Atomic checkpoints.** A checkpoint is written to ``checkpoint-<step>.tmp`` and renamed when complete:
   a crash while writing never replaces (or hides) the last good one; only the last
   ``checkpoints_total_limit`` are kept.
-* **One run per output folder** (:mod:`msaf_hf.training.run_folder`). The main process locks ``output_dir`` for the whole
-  run (a second run stops at once, naming the holder; a killed run's lock is taken over); the run's id is in
+* **One run per output folder** (:mod:`msaf_hf.training.run_folder`). The main process locks ``output_dir`` for the
+  whole run (a second run stops at once, naming the holder; a killed run's lock is taken over); the run's id is in
   ``run.json`` and in every checkpoint, so another run's checkpoints are never rotated, replaced or resumed. Earlier
   results are reused only with ``--resume_from_checkpoint`` or deleted first with ``--overwrite_output_dir``.
 * **Checked resume.** Every setting that changes the result is saved with each checkpoint; resuming with another

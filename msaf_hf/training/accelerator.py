@@ -30,7 +30,9 @@ def create_accelerator(args: TrainingArguments) -> Any:
         # The schedule counts optimiser steps: stepped by hand once per optimiser step, never per process.
         step_scheduler_with_optimizer=False,
         log_with=(trackers if trackers != ["all"] else "all") or None,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "runs")),
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "runs")
+        ),
         # Training batches are even by construction (EpochShuffleSampler); evaluation shards by itself, unpadded.
         dataloader_config=DataLoaderConfiguration(even_batches=True),
     )

@@ -8,7 +8,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from ..configuration_dsnet import CITYSCAPES_CLASS_WEIGHTS, DSNetConfig
 from ..data import DataArguments
@@ -26,7 +26,7 @@ _SYNC_BN = ("auto", "true", "false")
 class ModelArguments:
     """Which model to train: a preset built from scratch, or any ``from_pretrained`` source."""
 
-    model_name_or_path: Optional[str] = field(
+    model_name_or_path: str | None = field(
         default=None,
         metadata={
             "help": "Start from this model: a save_pretrained folder, a Hub model id, or a checkpoint file of the "
@@ -41,7 +41,7 @@ class ModelArguments:
             "assumed for published-code checkpoint files."
         },
     )
-    config_overrides: Optional[str] = field(
+    config_overrides: str | None = field(
         default=None,
         metadata={
             "help": "DSNetConfig values to override, 'key=value,key=value' (values parsed as JSON, e.g. "
@@ -57,7 +57,7 @@ class ModelArguments:
         },
     )
     revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit) of the model."})
-    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where to cache models downloaded from the Hub."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache models downloaded from the Hub."})
 
     def parsed_config_overrides(self) -> dict[str, Any]:
         """``config_overrides`` as a dict (validated against :class:`DSNetConfig`'s fields)."""
@@ -146,10 +146,10 @@ class TrainingArguments:
     warmup_steps: int = field(
         default=0, metadata={"help": "Linear warmup: step s < warmup_steps uses lr * (s+1)/(warmup_steps+1)."}
     )
-    max_grad_norm: Optional[float] = field(
+    max_grad_norm: float | None = field(
         default=None, metadata={"help": "Clip the gradient norm to this value (default: no clipping, as published)."}
     )
-    mixed_precision: Optional[str] = field(
+    mixed_precision: str | None = field(
         default=None,
         metadata={
             "help": "no, fp16 or bf16 (through Accelerate). Default: the accelerate config / launch flag, else no.",
@@ -168,14 +168,14 @@ class TrainingArguments:
         default=False,
         metadata={"help": "Train on the CPU even if an accelerator is present (chosen automatically without one)."},
     )
-    checkpointing_steps: Optional[str] = field(
+    checkpointing_steps: str | None = field(
         default=None,
         metadata={"help": "Save the full training state every N optimiser steps, or 'epoch' (default: never)."},
     )
-    checkpoints_total_limit: Optional[int] = field(
+    checkpoints_total_limit: int | None = field(
         default=3, metadata={"help": "Keep only the last K checkpoints (None: keep all)."}
     )
-    resume_from_checkpoint: Optional[str] = field(
+    resume_from_checkpoint: str | None = field(
         default=None,
         metadata={
             "help": "'latest' (the newest complete checkpoint of the run that owns output_dir; an error if there is "
@@ -190,7 +190,7 @@ class TrainingArguments:
             "from the resume point on and recorded."
         },
     )
-    eval_steps: Optional[str] = field(
+    eval_steps: str | None = field(
         default=None,
         metadata={
             "help": "Evaluate every N optimiser steps, or 'epoch'. Training always ends with an evaluation when "
@@ -214,7 +214,7 @@ class TrainingArguments:
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})
     push_to_hub: bool = field(default=False, metadata={"help": "Push the final model folder to the Hub."})
-    hub_model_id: Optional[str] = field(
+    hub_model_id: str | None = field(
         default=None, metadata={"help": "Hub repository (namespace/name); default: the output_dir's name."}
     )
     hub_strategy: str = field(
@@ -225,10 +225,10 @@ class TrainingArguments:
             "choices": list(_HUB_STRATEGIES),
         },
     )
-    hub_private_repo: Optional[bool] = field(
+    hub_private_repo: bool | None = field(
         default=None, metadata={"help": "Create the Hub repository as private (an existing repo keeps its visibility)."}
     )
-    hub_revision: Optional[str] = field(default=None, metadata={"help": "Hub branch to push to."})
+    hub_revision: str | None = field(default=None, metadata={"help": "Hub branch to push to."})
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -238,15 +238,21 @@ class TrainingArguments:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainingArguments.{name} must be a positive integer, got {value!r}.")
         if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(f"TrainingArguments.max_steps must be > 0 (or -1 to use num_train_epochs), got {self.max_steps}.")
+            raise ValueError(
+                f"TrainingArguments.max_steps must be > 0 (or -1 to use num_train_epochs), got {self.max_steps}."
+            )
         for name, choices in (("optimizer", _OPTIMIZERS), ("lr_scheduler_type", _SCHEDULERS),
                               ("hub_strategy", _HUB_STRATEGIES), ("sync_batchnorm", _SYNC_BN)):
             value = str(getattr(self, name)).lower()
             if value not in choices:
-                raise ValueError(f"TrainingArguments.{name} must be one of {list(choices)}, got {getattr(self, name)!r}.")
+                raise ValueError(
+                    f"TrainingArguments.{name} must be one of {list(choices)}, got {getattr(self, name)!r}."
+                )
             setattr(self, name, value)
         if self.mixed_precision is not None and self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"TrainingArguments.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
+            raise ValueError(
+                f"TrainingArguments.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}."
+            )
         if self.learning_rate <= 0:
             raise ValueError(f"TrainingArguments.learning_rate must be > 0, got {self.learning_rate}.")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
@@ -264,7 +270,9 @@ class TrainingArguments:
         trackers = self.trackers()
         unknown = [t for t in trackers if t not in _TRACKERS]
         if unknown:
-            raise ValueError(f"TrainingArguments.report_to: unknown tracker(s) {unknown}; choose from {list(_TRACKERS)}.")
+            raise ValueError(
+                f"TrainingArguments.report_to: unknown tracker(s) {unknown}; choose from {list(_TRACKERS)}."
+            )
 
     def trackers(self) -> list[str]:
         """``report_to`` as a list ([] for none)."""
@@ -277,7 +285,7 @@ class TrainingArguments:
         return None if value is None else ("epoch" if value == "epoch" else int(value))
 
 
-def _normalise_interval(value: Any, name: str) -> Optional[str]:
+def _normalise_interval(value: Any, name: str) -> str | None:
     if value is None or str(value).strip().lower() in ("", "none", "no"):
         return None
     text = str(value).strip().lower()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Optional
+from typing import Any
 
 from ..data import DataArguments
 from .arguments import ModelArguments, TrainingArguments
@@ -24,7 +24,7 @@ def flat_hparams(*argument_objects: Any) -> dict[str, Any]:
 
 
 def card_hyperparameters(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
-                          accelerator: Any, max_steps: int, changed_on_resume: Optional[dict[str, tuple]] = None,
+                          accelerator: Any, max_steps: int, changed_on_resume: dict[str, tuple] | None = None,
                           resume_step: int = 0) -> dict[str, Any]:
     """The hyperparameters written to ``training_hyperparameters.json`` for the model card."""
     source = model_args.model_name_or_path or f"preset {model_args.preset} (from scratch)"

@@ -11,7 +11,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -29,14 +29,14 @@ class TrainerState:
     global_step: int = 0
     epoch: int = 0
     batches_in_epoch: int = 0  # micro-batches of `epoch` each process has consumed (0 = epoch not started)
-    best_metric: Optional[float] = None
-    best_step: Optional[int] = None
+    best_metric: float | None = None
+    best_step: int | None = None
     num_processes: int = 1
     per_device_train_batch_size: int = 0
     gradient_accumulation_steps: int = 1
     seed: int = 0
     max_steps: int = 0
-    run_id: Optional[str] = None  # the run that wrote this state (msaf_hf.run_folder); None: before run ids
+    run_id: str | None = None  # the run that wrote this state (msaf_hf.run_folder); None: before run ids
     settings: dict[str, Any] = field(default_factory=dict)  # what changes the result (compared on resume)
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -54,7 +54,7 @@ class TrainerState:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def list_checkpoints(output_dir: str | os.PathLike, run_id: Optional[str] = None) -> list[Path]:
+def list_checkpoints(output_dir: str | os.PathLike, run_id: str | None = None) -> list[Path]:
     """Complete checkpoints in ``output_dir``, oldest first. Unfinished ``*.tmp`` folders are not listed.
 
     With ``run_id``, only that run's checkpoints (and those written before runs had ids).
@@ -72,14 +72,14 @@ def list_checkpoints(output_dir: str | os.PathLike, run_id: Optional[str] = None
     return [path for _, path in sorted(found)]
 
 
-def checkpoint_run_id(checkpoint: Path) -> Optional[str]:
+def checkpoint_run_id(checkpoint: Path) -> str | None:
     try:
         return json.loads((checkpoint / TRAINER_STATE_FILE).read_text(encoding="utf-8")).get("run_id")
     except (OSError, ValueError, AttributeError):
         return None
 
 
-def find_latest_checkpoint(output_dir: str | os.PathLike, run_id: Optional[str] = None) -> Optional[Path]:
+def find_latest_checkpoint(output_dir: str | os.PathLike, run_id: str | None = None) -> Path | None:
     """The newest complete checkpoint in ``output_dir`` (of run ``run_id`` when given), or None."""
     checkpoints = list_checkpoints(output_dir, run_id)
     return checkpoints[-1] if checkpoints else None
@@ -151,7 +151,7 @@ def clean_stale_staging(output_dir: Path) -> None:
 
 # --------------------------------------------------------------------------------------------------
 
-def load_checkpoint(accelerator: Any, checkpoint: Path, run_id: Optional[str]) -> None:
+def load_checkpoint(accelerator: Any, checkpoint: Path, run_id: str | None) -> None:
     """``accelerator.load_state`` with clear errors: a damaged file is named (and the previous checkpoint offered);
     weights of another architecture get one short message instead of a page of size mismatches."""
     try:
@@ -171,7 +171,8 @@ def load_checkpoint(accelerator: Any, checkpoint: Path, run_id: Optional[str]) -
                                 r"from checkpoint, the shape in current model is (torch\.Size\(\[[^\]]*\]\))", str(err))
         missing = "Missing key(s)" in str(err) or "Unexpected key(s)" in str(err)
         if mismatches or missing:
-            example = (f" ({len(mismatches)} tensors differ in shape, e.g. {mismatches[0][0]}: {mismatches[0][1]} in the "
+            example = (f" ({len(mismatches)} tensors differ in shape, e.g. {mismatches[0][0]}: {mismatches[0][1]} "
+                       "in the "
                        f"checkpoint, {mismatches[0][2]} in this model)" if mismatches else
                        " (its parameter names differ from this model's)")
             raise ValueError(
@@ -182,7 +183,7 @@ def load_checkpoint(accelerator: Any, checkpoint: Path, run_id: Optional[str]) -
         raise
 
 
-def step_of(checkpoint: Path) -> Optional[int]:
+def step_of(checkpoint: Path) -> int | None:
     match = _CHECKPOINT_RE.match(checkpoint.name)
     return int(match.group(1)) if match else None
 

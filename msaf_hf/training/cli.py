@@ -13,7 +13,7 @@ from ..evaluation.evaluator import evaluate
 from ..modeling_dsnet import DSNetForSemanticSegmentation
 from .arguments import TrainingArguments, parse_args
 from .pushing import HubPushError
-from .trainer import TrainOutput, Trainer
+from .trainer import Trainer, TrainOutput
 
 logger = logging.getLogger(__name__)
 

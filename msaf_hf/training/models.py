@@ -17,7 +17,9 @@ logger = logging.getLogger(__name__)
 _ORIGINAL_CHECKPOINT_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar")
 
 
-def build_model(model_args: ModelArguments, id2label: dict[int, str], ignore_index: int = 255) -> DSNetForSemanticSegmentation:
+def build_model(
+    model_args: ModelArguments, id2label: dict[int, str], ignore_index: int = 255
+) -> DSNetForSemanticSegmentation:
     """The model to train, with the dataset's label set.
 
     From scratch (``preset``), from a published-code checkpoint file, or with ``from_pretrained``. A pretrained
@@ -58,12 +60,14 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str], ignore_ind
 
     config = DSNetConfig.from_pretrained(source, revision=model_args.revision, cache_dir=model_args.cache_dir)
     check_num_labels(config.num_labels, len(id2label), source, model_args.ignore_mismatched_sizes)
-    if config.num_labels == len(id2label) and {int(k): v for k, v in config.id2label.items()} != label_kwargs["id2label"]:
+    model_names = {int(k): v for k, v in config.id2label.items()}
+    if config.num_labels == len(id2label) and model_names != label_kwargs["id2label"]:
         logger.warning(
             "%s was trained with classes %s; using the dataset's class names %s for the same class ids.",
             source, list(config.id2label.values()), list(id2label.values()),
         )
-    if config.class_weights is not None and len(config.class_weights) != len(id2label) and "class_weights" not in overrides:
+    weights_misfit = config.class_weights is not None and len(config.class_weights) != len(id2label)
+    if weights_misfit and "class_weights" not in overrides:
         overrides["class_weights"] = None  # the checkpoint's per-class weights do not fit the new label set
     return DSNetForSemanticSegmentation.from_pretrained(
         source,
@@ -85,5 +89,6 @@ def check_num_labels(model_labels: int, data_labels: int, source: str, ignore_mi
 
 
 def build_image_processor(data_args: DataArguments, ignore_index: int = 255) -> Any:
-    """The ``DSNetImageProcessor`` that evaluation runs (``msaf_hf.data.eval_image_processor``), saved with checkpoints."""
+    """The ``DSNetImageProcessor`` that evaluation runs (``msaf_hf.data.eval_image_processor``), saved with
+    checkpoints."""
     return eval_image_processor(data_args.eval_size, ignore_index, bool(data_args.reduce_labels))

@@ -34,7 +34,9 @@ def lr_factor(step: int, max_steps: int, kind: str = "poly", power: float = 0.9,
     return factor
 
 
-def create_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def create_scheduler(
+    optimizer: torch.optim.Optimizer, args: TrainingArguments, max_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step ``LambdaLR`` of :func:`lr_factor`. A closure (not a callable object), so a resumed run's
     schedule comes from its own arguments while the step count comes from the checkpoint."""
 

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..data import DataArguments
 from .arguments import ModelArguments, TrainingArguments
@@ -34,7 +34,7 @@ from .run_folder import (
 logger = logging.getLogger(__name__)
 
 
-def resolve_resume(args: TrainingArguments, owner: Optional[str]) -> Optional[Path]:
+def resolve_resume(args: TrainingArguments, owner: str | None) -> Path | None:
     """The checkpoint to resume from: ``latest`` of the run owning output_dir, or the given folder."""
     value = args.resume_from_checkpoint
     if value is None:
@@ -57,7 +57,7 @@ def resolve_resume(args: TrainingArguments, owner: Optional[str]) -> Optional[Pa
     return path
 
 
-def prepare_output_dir(args: TrainingArguments) -> tuple[Optional[Path], str]:
+def prepare_output_dir(args: TrainingArguments) -> tuple[Path | None, str]:
     """Decide who owns ``output_dir`` for this run (main process, lock held): (checkpoint to resume, run id).
 
     A new run needs a folder without earlier results, or ``--overwrite_output_dir`` (which deletes them first); a
@@ -101,7 +101,7 @@ def prepare_output_dir(args: TrainingArguments) -> tuple[Optional[Path], str]:
     return resume_dir, run_id
 
 
-def claim_output_dir(args: TrainingArguments, accelerator: Any) -> tuple[Any, Optional[Path], str]:
+def claim_output_dir(args: TrainingArguments, accelerator: Any) -> tuple[Any, Path | None, str]:
     """Lock ``output_dir`` on the main process and settle its ownership; every process gets the verdict.
 
     Returns (the lock on the main process, else None; checkpoint to resume; run id). A refusal is raised on every
@@ -217,7 +217,7 @@ def apply_changed_hyperparameters(optimizer: Any, scheduler: Any, args: Training
     else:
         values.update(betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
     step = inner.last_epoch
-    for group, lr_lambda in zip(optimizer.param_groups, inner.lr_lambdas):
+    for group, lr_lambda in zip(optimizer.param_groups, inner.lr_lambdas, strict=False):
         group.update(values)
         group["lr"] = args.learning_rate * lr_lambda(step)
     inner._last_lr = [group["lr"] for group in optimizer.param_groups]

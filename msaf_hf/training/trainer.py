@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -40,14 +40,20 @@ from .checkpointing import TrainerState, load_checkpoint, save_checkpoint, save_
 from .models import build_image_processor, build_model
 from .optim import create_optimizer, create_scheduler
 from .pushing import HubPushError, make_pusher, push_command
-from .resume import apply_changed_hyperparameters, check_resume_settings, claim_output_dir, result_settings, resumed_state
+from .resume import (
+    apply_changed_hyperparameters,
+    check_resume_settings,
+    claim_output_dir,
+    result_settings,
+    resumed_state,
+)
 from .sampler import EpochShuffleSampler
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["StepCallback", "TrainOutput", "Trainer", "plan_steps", "train"]
 
-StepCallback = Callable[[TrainerState], Optional[bool]]
+StepCallback = Callable[[TrainerState], bool | None]
 
 
 @dataclass
@@ -57,13 +63,13 @@ class TrainOutput:
     global_step: int
     metrics: dict[str, Any]  # the last evaluation (empty without evaluation data)
     model: torch.nn.Module  # the trained model, unwrapped
-    confusion_matrix: Optional[torch.Tensor]  # of the last evaluation, summed over processes
-    final_dir: Optional[Path]
-    best_dir: Optional[Path]
-    best_metric: Optional[float]
-    train_loss: Optional[float]  # mean loss of the last logging window
+    confusion_matrix: torch.Tensor | None  # of the last evaluation, summed over processes
+    final_dir: Path | None
+    best_dir: Path | None
+    best_metric: float | None
+    train_loss: float | None  # mean loss of the last logging window
     stopped_early: bool = False
-    eval_dataset: Optional[torch.utils.data.Dataset] = None
+    eval_dataset: torch.utils.data.Dataset | None = None
 
 
 def train(
@@ -122,9 +128,9 @@ class Trainer:
         self.lock, resume_dir, run_id = claim_output_dir(args, self.accelerator)
         self.pusher: Any = None
         self.metrics: dict[str, Any] = {}
-        self.confusion: Optional[torch.Tensor] = None
+        self.confusion: torch.Tensor | None = None
         self.last_eval_step = self.last_checkpoint_step = -1
-        self.last_loss: Optional[float] = None
+        self.last_loss: float | None = None
         try:
             self._set_up(resume_dir, run_id)
         except BaseException:
@@ -132,7 +138,7 @@ class Trainer:
             raise
 
     # ---- set-up
-    def _set_up(self, resume_dir: Optional[Path], run_id: str) -> None:
+    def _set_up(self, resume_dir: Path | None, run_id: str) -> None:
         """Data, model, optimiser, schedule and loader, prepared; the state resumed if asked."""
         from accelerate.utils import set_seed
 
@@ -329,7 +335,8 @@ class Trainer:
         """Log the loss terms of the window (the loop's one host synchronisation), the learning rate and speed."""
         means, batches, seconds = window.flush(self.accelerator)
         state, args = self.state, self.args
-        images_per_second = batches * args.per_device_train_batch_size * self.accelerator.num_processes / max(seconds, 1e-9)
+        images = batches * args.per_device_train_batch_size * self.accelerator.num_processes
+        images_per_second = images / max(seconds, 1e-9)
         log = {"train/loss": means[0], "train/main_loss": means[1], "train/learning_rate": step_lr,
                "train/images_per_second": images_per_second, "train/epoch": state.epoch}
         log.update({f"train/aux{index + 1}_loss": value for index, value in enumerate(means[2:])})
@@ -423,12 +430,13 @@ class _LossWindow:
     """Sums of the loss terms since the last log, kept on the device so that training never waits for the host."""
 
     def __init__(self) -> None:
-        self.sums: Optional[torch.Tensor] = None
+        self.sums: torch.Tensor | None = None
         self.batches = 0
         self.start = time.perf_counter()
 
     def add(self, outputs: Any) -> None:
-        terms = torch.stack([t.detach().float() for t in (outputs.loss, outputs.main_loss, *(outputs.auxiliary_losses or ()))])
+        losses = (outputs.loss, outputs.main_loss, *(outputs.auxiliary_losses or ()))
+        terms = torch.stack([t.detach().float() for t in losses])
         self.sums = terms if self.sums is None else self.sums + terms
         self.batches += 1
 

@@ -20,9 +20,9 @@ from msaf_hf.data import (
     DataArguments,
     LabelMapper,
     SegmentationEvalTransform,
-    eval_image_processor,
     SegmentationTrainTransform,
     collate_fn,
+    eval_image_processor,
     example_rng,
     load_id2label_file,
     load_segmentation_data,
@@ -553,7 +553,7 @@ def test_dataset_epoch_changes_augmentation_and_workers_do_not(tmp_path):
 
     single, multi = batches(0), batches(2)
     assert len(single) == 2
-    for a, b in zip(single, multi):
+    for a, b in zip(single, multi, strict=False):
         assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["labels"], b["labels"])
         assert a["pixel_values"].shape == (2, 3, 24, 24) and a["labels"].shape == (2, 24, 24)
 

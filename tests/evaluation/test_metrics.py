@@ -133,7 +133,7 @@ def test_dtypes_and_numpy_inputs_agree():
     predictions, labels = _random_batch(4)
     reference = SegmentationConfusionMatrix(num_classes=5)
     reference.update(predictions, labels)
-    for p, l in (
+    for p, l in (  # noqa: E741
         (predictions.to(torch.uint8), labels.to(torch.uint8)),
         (predictions.to(torch.int32), labels.to(torch.int16)),
         (predictions.numpy(), labels.numpy()),

@@ -52,7 +52,7 @@ lock.release()
 
 def _python(code: str, *args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.Popen([sys.executable, "-c", code, *args, str(REPO_ROOT / "msaf_hf" / "training" / "run_folder.py")], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-c", code, *args, str(REPO_ROOT / "msaf_hf" / "training" / "run_folder.py")], env=env, stdout=subprocess.PIPE,  # noqa: E501
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 
