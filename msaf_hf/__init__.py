@@ -14,6 +14,7 @@ from transformers import (
 )
 
 from .configuration_dsnet import CITYSCAPES_CLASS_WEIGHTS, DSNetConfig
+from .evaluation.metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
 from .image_processing_dsnet import DSNetImageProcessor
 from .modeling_dsnet import (
     MSAF,
@@ -23,7 +24,6 @@ from .modeling_dsnet import (
     DSNetPreTrainedModel,
     DSNetSemanticSegmenterOutput,
 )
-from .metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
 from .presets import list_presets, load_preset
 
 __version__ = "0.1.0"

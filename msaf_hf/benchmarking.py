@@ -315,7 +315,7 @@ def benchmark_inference_cases(
     with torch.inference_mode():
         timings = time_callables([step for _, step in prepared], device, warmup, repeats, number, interleave)
     results = []
-    for (record, _), timing in zip(prepared, timings):
+    for (record, _), timing in zip(prepared, timings, strict=False):
         record.update(latency=timing.as_dict(), images_per_s=batch_size / timing.median_s, interleaved=interleave)
         results.append(record)
     return results
@@ -446,7 +446,7 @@ def benchmark_training_cases(
         prepared.append((record, step))
     timings = time_callables([step for _, step in prepared], device, warmup, repeats, interleave=interleave)
     results = []
-    for (record, step), timing in zip(prepared, timings):
+    for (record, step), timing in zip(prepared, timings, strict=False):
         final_loss = float(step().detach())
         if not math.isfinite(final_loss):
             raise RuntimeError(f"{record['model']}: the training loss became {final_loss} during the benchmark.")

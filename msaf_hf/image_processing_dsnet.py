@@ -32,7 +32,6 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType, logging
 
-
 __all__ = ["DSNetImageProcessor", "DSNetImageProcessorKwargs"]
 
 # Channel counts that `PilBackend` knows how to turn into RGB (grayscale, RGB, RGBA).
@@ -181,7 +180,7 @@ class DSNetImageProcessor(PilBackend):
         data: dict[str, Any] = {"pixel_values": self._preprocess(prepared, **kwargs)}
 
         if segmentation_maps is not None:
-            for index, (label_map, image_size) in enumerate(zip(segmentation_maps, image_sizes)):
+            for index, (label_map, image_size) in enumerate(zip(segmentation_maps, image_sizes, strict=False)):
                 # A map of a different size than its image cannot be aligned pixel-to-pixel: resizing both
                 # to `size` would hide the mismatch and silently train on shifted labels.
                 if tuple(label_map.shape) != image_size:

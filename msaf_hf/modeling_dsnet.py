@@ -101,7 +101,8 @@ class ConvNormAct(nn.Module):
 
 
 class DSNetCheckpointedBlock(GradientCheckpointingLayer):
-    """A block that `model.activation_checkpointing_enable()` (formerly `gradient_checkpointing_enable()`) checkpoints (transformers' GradientCheckpointingLayer).
+    """A block that `model.activation_checkpointing_enable()` (formerly `gradient_checkpointing_enable()`)
+    checkpoints (transformers' GradientCheckpointingLayer).
 
     DSNet's blocks hold BatchNorms, whose training-mode forward also updates running statistics: the backward
     pass's recomputation would update them a second time. So the recomputation runs with momentum 0 (it
@@ -401,14 +402,16 @@ class MSAF(DSNetCheckpointedBlock):
         self, x: torch.Tensor, residual: torch.Tensor, return_weights: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if x.shape != residual.shape:
-            raise ValueError(f"MSAF needs two inputs of the same shape, got {tuple(x.shape)} and {tuple(residual.shape)}.")
+            raise ValueError(
+                f"MSAF needs two inputs of the same shape, got {tuple(x.shape)} and {tuple(residual.shape)}."
+            )
         height, width = x.shape[-2:]
         summed = x + residual
         # Same summation order as the published module: local, global, then contexts from small to large pools.
         # In place on the local path's fresh output, which no backward pass needs.
         logits = self.local_attention(summed)
         logits += self.global_attention(F.adaptive_avg_pool2d(summed, 1))
-        for size, path in zip(self.context_sizes, self.context_attentions):
+        for size, path in zip(self.context_sizes, self.context_attentions, strict=False):
             context = path(F.adaptive_avg_pool2d(summed, size))
             logits += F.interpolate(context, size=(height, width), mode="nearest")
         weights = torch.sigmoid(logits)
@@ -432,7 +435,9 @@ class AdditiveFusion(DSNetCheckpointedBlock):
 class MainHead(nn.Module):
     """The main segmentation head: ReLU -> 3x3 conv-BN-ReLU -> 1x1 classifier (published `segmenthead_c`)."""
 
-    def __init__(self, in_channels: int, hidden_channels: int, num_labels: int, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(
+        self, in_channels: int, hidden_channels: int, num_labels: int, eps: float = 1e-5, momentum: float = 0.1
+    ):
         super().__init__()
         self.input_act = nn.ReLU(inplace=True)  # its input is the decoder's fresh concatenation
         self.conv = ConvNormAct(in_channels, hidden_channels, 3, eps=eps, momentum=momentum)
@@ -445,7 +450,9 @@ class MainHead(nn.Module):
 class AuxiliaryHead(nn.Module):
     """An auxiliary (deep supervision) head: BN -> ReLU -> 3x3 conv-BN-ReLU -> 1x1 classifier (`segmenthead`)."""
 
-    def __init__(self, in_channels: int, hidden_channels: int, num_labels: int, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(
+        self, in_channels: int, hidden_channels: int, num_labels: int, eps: float = 1e-5, momentum: float = 0.1
+    ):
         super().__init__()
         self.input_norm = nn.BatchNorm2d(in_channels, eps=eps, momentum=momentum)
         self.input_act = nn.ReLU()
@@ -871,7 +878,8 @@ class DSNetForSemanticSegmentation(DSNetPreTrainedModel):
         want_aux = self.training or labels is not None or bool(output_auxiliary_logits)
         if self.auxiliary_heads is not None and want_aux:
             auxiliary_logits = tuple(
-                head(features) for head, features in zip(self.auxiliary_heads, outputs.fusion_hidden_states)
+                head(features)
+                for head, features in zip(self.auxiliary_heads, outputs.fusion_hidden_states, strict=False)
             )
 
         loss = main_loss = auxiliary_losses = None
@@ -919,7 +927,7 @@ class DSNetForSemanticSegmentation(DSNetPreTrainedModel):
                 else _weighted_cross_entropy(upsample(aux), labels, weight, ignore_index)
                 for aux in auxiliary_logits
             )
-            for aux_weight, aux_loss in zip(config.auxiliary_loss_weights, auxiliary_losses):
+            for aux_weight, aux_loss in zip(config.auxiliary_loss_weights, auxiliary_losses, strict=False):
                 loss = loss + aux_weight * aux_loss
         return loss, main_loss, auxiliary_losses
 

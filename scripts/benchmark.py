@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--channels-last", choices=("no", "yes", "both"), default="both")
 
     metrics = modes.add_parser(
-        "metrics", help="evaluation metrics (msaf_hf.metrics) vs torchmetrics / scikit-learn, CamVid-sized data"
+        "metrics",
+        help="evaluation metrics (msaf_hf.evaluation.metrics) vs torchmetrics / scikit-learn, CamVid-sized data",
     )
     metrics.add_argument("--num-samples", type=int, default=101)
     metrics.add_argument("--height", type=int, default=360)
@@ -157,7 +158,7 @@ def paired_speedup(result: dict[str, Any], reference: dict[str, Any]) -> float |
     times, reference_times = result["latency"]["times_s"], reference["latency"]["times_s"]
     if not (result.get("interleaved") and reference.get("interleaved")) or len(times) != len(reference_times):
         return None
-    return statistics.median(r / t for r, t in zip(reference_times, times))
+    return statistics.median(r / t for r, t in zip(reference_times, times, strict=False))
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
@@ -171,8 +172,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
         reference = first.setdefault(result["model"], result)
         rows.append(_format_row(result, None if reference is result else reference))
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) for row in rows]
     return "\n".join(lines)
 
 

@@ -59,7 +59,9 @@ def main() -> int:
     try:
         print(f"transformers {transformers.__version__} test suites: {fetch(transformers.__version__)}")
     except (subprocess.CalledProcessError, ValueError) as error:
-        print(f"Could not fetch transformers' test suites ({error}); the common-suite tests will skip.", file=sys.stderr)
+        print(
+            f"Could not fetch transformers' test suites ({error}); the common-suite tests will skip.", file=sys.stderr
+        )
     return 0
 
 

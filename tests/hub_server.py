@@ -333,7 +333,7 @@ class HubStorage:
             if self.init_gitattributes:
                 content = DEFAULT_GITATTRIBUTES.encode()
                 tree[".gitattributes"] = _Entry(self.put_blob(content), len(content), False, git_blob_oid(content))
-            sha = self.write_commit(repo, parents=[], tree=tree, summary="initial commit", description="", author=author)
+            sha = self.write_commit(repo, parents=[], tree=tree, summary="initial commit", description="", author=author)  # noqa: E501
             repo.branches["main"] = sha
             self.save_repo(repo)
             return repo

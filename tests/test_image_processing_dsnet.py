@@ -27,7 +27,6 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 from msaf_hf import image_processing_dsnet
 from msaf_hf.image_processing_dsnet import DSNetImageProcessor
 
-
 MODULE_PATH = Path(image_processing_dsnet.__file__)
 
 # Heights/widths avoid 1, 3 and 4 so that the channel axis of HWC/CHW arrays is never ambiguous.
@@ -513,7 +512,7 @@ def test_channels_other_than_rgb_pass_with_matching_mean_and_std():
     image = np.random.default_rng(0).integers(0, 256, (12, 16, 4), dtype=np.uint8)
     mean, std = [0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]
     pixel_values = processor(image, do_convert_rgb=False, image_mean=mean, image_std=std).pixel_values
-    expected = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    expected = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]  # noqa: E501
     torch.testing.assert_close(pixel_values[0], expected)
     with pytest.raises(ValueError, match="4 channels but image_mean has 3 values"):
         processor(image, do_convert_rgb=False)

@@ -112,7 +112,7 @@ def test_msaf_formula_and_weights():
     # the weights come from x + residual only, through the local, global and context paths
     summed = x + residual
     logits = fusion.local_attention(summed) + fusion.global_attention(summed.mean((2, 3), keepdim=True))
-    for size, path in zip(fusion.context_sizes, fusion.context_attentions):
+    for size, path in zip(fusion.context_sizes, fusion.context_attentions, strict=False):
         logits = logits + F.interpolate(path(F.adaptive_avg_pool2d(summed, size)), size=(8, 8), mode="nearest")
     torch.testing.assert_close(weights, torch.sigmoid(logits))
     assert torch.equal(fusion(x, residual), out)
@@ -162,7 +162,8 @@ def test_any_input_size(tiny_config, height, width):
     model = DSNetForSemanticSegmentation(tiny_config).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, height, width))
-    quarter = lambda n: -(-(-(-n // 2)) // 2)  # two stride-2 convolutions with padding 1: ceil twice
+    def quarter(n):
+        return -(-(-(-n // 2)) // 2)  # two stride-2 convolutions with padding 1: ceil twice  # noqa: B002
     assert out.logits.shape == (1, 5, quarter(height), quarter(width))
     assert torch.isfinite(out.logits).all()
 
@@ -389,7 +390,7 @@ def test_return_dict_false_is_to_tuple(tiny_config, labelled):
     as_tuple = model(pixel_values, return_dict=False, **kwargs)
     expected = as_dict.to_tuple()
     assert len(as_tuple) == len(expected) == (7 if labelled else 4)  # main_loss and auxiliary fields included
-    for ours, theirs in zip(as_tuple, expected):
+    for ours, theirs in zip(as_tuple, expected, strict=False):
         torch.testing.assert_close(ours, theirs)
     encoder_tuple = model.dsnet(pixel_values, return_dict=False, **{k: v for k, v in kwargs.items() if k != "labels"})
     assert len(encoder_tuple) == 5
@@ -411,7 +412,7 @@ def test_gradient_checkpointing_gives_identical_gradients_and_statistics(tiny_co
     for model in (reference, checkpointed):
         model(pixel_values, labels=labels).loss.backward()
     assert len(calls) == 3  # the blocks really ran through the checkpoint function
-    for (name, a), b in zip(reference.named_parameters(), checkpointed.parameters()):
+    for (name, a), b in zip(reference.named_parameters(), checkpointed.parameters(), strict=False):
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, msg=name)
-    for (name, a), b in zip(reference.named_buffers(), checkpointed.buffers()):
+    for (name, a), b in zip(reference.named_buffers(), checkpointed.buffers(), strict=False):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)  # recomputation does not update BatchNorms twice

@@ -23,10 +23,10 @@ from .card import (
     render_model_card,
 )
 from .push import (
+    CHECKPOINT_EXCLUDE_PATTERNS,
     DEFAULT_ALLOW_PATTERNS,
     HUB_STRATEGIES,
     TRAINING_STATE_PATTERNS,
-    CHECKPOINT_EXCLUDE_PATTERNS,
     HubPushPlan,
     collect_upload_files,
     plan_hub_push,

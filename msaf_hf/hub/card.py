@@ -16,6 +16,8 @@ Files read from a folder to fill the card (all optional; written by the trainer)
   ``overall_accuracy``, ``mean_accuracy``, ``per_category_iou`` -- are accepted too); `ALL_RESULTS_FILE`
   (``all_results.json``) is used as a fallback;
 * `HYPERPARAMETERS_FILE` (``training_hyperparameters.json``): a flat ``{name: value}`` mapping.
+
+The results files' schema, names and reading are :mod:`msaf_hf.evaluation.results`' (their one owner).
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
+from ..evaluation.results import (
+    ALL_RESULTS_FILE,
+    EVAL_RESULTS_FILE,
+    HYPERPARAMETERS_FILE,
+    normalize_eval_results,
+    read_eval_results,
+    read_json,
+)
 from .redaction import drop_secrets
 
 __all__ = [
@@ -47,55 +57,19 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Metrics written by the trainer after evaluation, read into the model card.
-EVAL_RESULTS_FILE = "eval_results.json"
-#: Flat ``{name: value}`` training hyperparameters, read into the model card.
-HYPERPARAMETERS_FILE = "training_hyperparameters.json"
-#: Combined train/eval metrics (``eval_``-prefixed keys); fallback for `EVAL_RESULTS_FILE`.
-ALL_RESULTS_FILE = "all_results.json"
 
 _DEFAULT_TAGS = ("dsnet", "msaf", "semantic-segmentation", "real-time", "vision", "image-segmentation")
-_METRIC_ALIASES = {
-    "mean_iou": "mean_iou",
-    "miou": "mean_iou",
-    "pixel_accuracy": "pixel_accuracy",
-    "overall_accuracy": "pixel_accuracy",
-    "mean_class_accuracy": "mean_class_accuracy",
-    "mean_accuracy": "mean_class_accuracy",
-    "per_class_iou": "per_class_iou",
-    "per_category_iou": "per_class_iou",
-    "per_class_accuracy": "per_class_accuracy",
-    "per_category_accuracy": "per_class_accuracy",
-    "loss": "loss",
-}
 _FUSION_NAMES = {
     "msaf": "MSAF (Multi-Scale Attention Fusion)",
     "aff": "AFF (local + global attention fusion)",
     "add": "element-wise sum (no attention)",
 }
-_EVAL_DATASET_KEYS = ("dataset_name", "dataset_id", "dataset_split", "dataset_config")
 _METRIC_SPECS = (
     # key, model-index metric type, pretty name
     ("mean_iou", "mean_iou", "Mean IoU"),
     ("pixel_accuracy", "pixel_accuracy", "Pixel accuracy"),
     ("mean_class_accuracy", "mean_accuracy", "Mean class accuracy"),
 )
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _as_float(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out
 
 
 _BUFFER_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
@@ -182,33 +156,6 @@ def _format_value(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def normalize_eval_results(raw: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Canonical eval-results dict: ``mean_iou``, ``pixel_accuracy``, ``mean_class_accuracy``,
-    ``per_class_iou``, ``per_class_accuracy`` (None/NaN for absent classes), ``class_names``,
-    ``step`` and the ``dataset_*`` keys, from trainer- or ``evaluate``-style keys (an ``eval_``
-    prefix is accepted). Unknown keys are ignored."""
-    if not raw:
-        return {}
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = key[len("eval_") :] if key.startswith("eval_") else key
-        canonical = _METRIC_ALIASES.get(name)
-        if canonical in ("per_class_iou", "per_class_accuracy"):
-            if value is not None:
-                out[canonical] = [_as_float(v) for v in list(value)]
-        elif canonical is not None:
-            number = _as_float(value)
-            if number is not None and not math.isnan(number):
-                out[canonical] = number
-        elif name in _EVAL_DATASET_KEYS and value:
-            out[name] = str(value)
-        elif name == "class_names" and isinstance(value, (list, tuple)):
-            out["class_names"] = [str(v) for v in value]
-        elif name == "step" and isinstance(value, int) and not isinstance(value, bool):
-            out["step"] = value
-    return out
-
-
 def load_card_inputs(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """Card inputs found in a folder: ``eval_results`` (normalized) and ``training_hyperparameters``.
 
@@ -217,14 +164,10 @@ def load_card_inputs(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """
     folder = Path(folder)
     out: dict[str, Any] = {}
-    evals = _read_json(folder / EVAL_RESULTS_FILE)
-    if evals is None:
-        all_results = _read_json(folder / ALL_RESULTS_FILE) or {}
-        evals = {k: v for k, v in all_results.items() if k.startswith("eval_")} or None
-    normalized = normalize_eval_results(evals)
+    normalized = read_eval_results(folder)
     if normalized:
         out["eval_results"] = normalized
-    hparams = _read_json(folder / HYPERPARAMETERS_FILE)
+    hparams = read_json(folder / HYPERPARAMETERS_FILE)
     if hparams:
         out["training_hyperparameters"] = hparams
     return out
@@ -308,7 +251,7 @@ def render_model_card(
     folder: Path | None = None
     if isinstance(model_dir_or_config, (str, os.PathLike)):
         folder = Path(model_dir_or_config)
-        config = _read_json(folder / "config.json") or {}
+        config = read_json(folder / "config.json") or {}
     elif isinstance(model_dir_or_config, Mapping):
         config = dict(model_dir_or_config)
     elif hasattr(model_dir_or_config, "to_dict"):
@@ -332,7 +275,7 @@ def render_model_card(
         if num_parameters is None:
             num_parameters = safetensors_num_parameters(folder)
         if input_size is None:
-            input_size = _input_size_from_preprocessor(_read_json(folder / "preprocessor_config.json") or {})
+            input_size = _input_size_from_preprocessor(read_json(folder / "preprocessor_config.json") or {})
         if has_remote_code is None:
             has_remote_code = any(folder.glob("*.py"))
     if has_remote_code is None:

@@ -18,7 +18,8 @@ from typing import Any, Literal
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, get_token
 from huggingface_hub import constants as hf_constants
 
-from .card import ALL_RESULTS_FILE, EVAL_RESULTS_FILE, HYPERPARAMETERS_FILE, render_model_card
+from ..evaluation.results import ALL_RESULTS_FILE, EVAL_RESULTS_FILE, HYPERPARAMETERS_FILE
+from .card import render_model_card
 from .redaction import sanitized_json
 
 __all__ = [

@@ -104,8 +104,8 @@ def test_pinned_revision_commits_and_noop_upload(local_hub: LocalHub, tmp_path: 
     token = local_hub.add_token("alice")
     api = HfApi(endpoint=local_hub.url, token=token)
     api.create_repo("alice/history")
-    first = api.upload_folder(folder_path=_make_folder(tmp_path / "v1", "v1"), repo_id="alice/history", commit_message="v1")
-    second = api.upload_folder(folder_path=_make_folder(tmp_path / "v2", "v2"), repo_id="alice/history", commit_message="v2")
+    first = api.upload_folder(folder_path=_make_folder(tmp_path / "v1", "v1"), repo_id="alice/history", commit_message="v1")  # noqa: E501
+    second = api.upload_folder(folder_path=_make_folder(tmp_path / "v2", "v2"), repo_id="alice/history", commit_message="v2")  # noqa: E501
     assert first.oid != second.oid
 
     cache = tmp_path / "cache"
@@ -150,7 +150,7 @@ def test_branches_tags_and_pull_requests(local_hub: LocalHub, tmp_path: Path) ->
     refs = api.list_repo_refs("alice/branchy")
     assert {b.name: b.target_commit for b in refs.branches} == {"main": main.oid, "dev": dev.oid}
     cache = tmp_path / "cache"
-    assert Path(hf_hub_download("alice/branchy", "file.txt", endpoint=local_hub.url, cache_dir=cache)).read_bytes() == b"main"
+    assert Path(hf_hub_download("alice/branchy", "file.txt", endpoint=local_hub.url, cache_dir=cache)).read_bytes() == b"main"  # noqa: E501
     dev_file = hf_hub_download("alice/branchy", "file.txt", revision="dev", endpoint=local_hub.url, cache_dir=cache)
     assert Path(dev_file).read_bytes() == b"dev"
 
@@ -167,7 +167,7 @@ def test_branches_tags_and_pull_requests(local_hub: LocalHub, tmp_path: Path) ->
     )
     assert pr.pr_url == f"{local_hub.url}/alice/branchy/discussions/1"
     assert api.list_repo_refs("alice/branchy").branches[1].target_commit == main.oid  # main untouched
-    pr_file = hf_hub_download("alice/branchy", "file.txt", revision="refs/pr/1", endpoint=local_hub.url, cache_dir=cache)
+    pr_file = hf_hub_download("alice/branchy", "file.txt", revision="refs/pr/1", endpoint=local_hub.url, cache_dir=cache)  # noqa: E501
     assert Path(pr_file).read_bytes() == b"proposal"
     assert [p.name for p in api.list_repo_refs("alice/branchy", include_pull_requests=True).pull_requests] == ["1"]
 
@@ -272,7 +272,7 @@ def test_lfs_batch_upload_when_server_requests_lfs(local_hub: LocalHub, tmp_path
     api = HfApi(endpoint=local_hub.url, token=token)
     api.create_repo("alice/lfs")
     big = bytes(range(256)) * 16
-    api.upload_folder(folder_path=_write(tmp_path / "src", {"big.bin": big, "small.txt": b"small"}), repo_id="alice/lfs")
+    api.upload_folder(folder_path=_write(tmp_path / "src", {"big.bin": big, "small.txt": b"small"}), repo_id="alice/lfs")  # noqa: E501
 
     tree = {e.path: e for e in api.list_repo_tree("alice/lfs")}
     assert tree["big.bin"].lfs is not None and tree["big.bin"].lfs.sha256 == hashlib.sha256(big).hexdigest()
@@ -411,7 +411,7 @@ def test_subprocess_client_and_offline_cache(local_hub: LocalHub, tmp_path: Path
     online = _run_client(code, local_hub.client_env(token=token, hf_home=home))
     assert online.returncode == 0, online.stderr
     result = json.loads(online.stdout.strip().splitlines()[-1])
-    assert result == {"files": [".gitattributes", "config.json", "nested/deeper/notes.txt", "weights.bin"], "marker": "v1"}
+    assert result == {"files": [".gitattributes", "config.json", "nested/deeper/notes.txt", "weights.bin"], "marker": "v1"}  # noqa: E501
     assert token not in online.stdout + online.stderr
 
     local_hub.stop()  # offline mode must not even try to connect

@@ -24,7 +24,7 @@ from msaf_hf.evaluation import (
     shard_indices,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -146,7 +146,7 @@ def test_flip_and_multiscale_test_time_augmentation(model):
             return (logits.flip(-1) if flipped else logits).softmax(1)
 
         plain = predict(model, pixel_values, size)
-        reference = F.interpolate(model(pixel_values=pixel_values).logits, size=size, mode="bilinear", align_corners=False)
+        reference = F.interpolate(model(pixel_values=pixel_values).logits, size=size, mode="bilinear", align_corners=False)  # noqa: E501
         assert torch.equal(plain, reference)  # no TTA: the upsampled logits themselves
 
         flipped = predict(model, pixel_values, size, flip=True)
@@ -237,7 +237,7 @@ def test_evaluate_command_uses_the_checkpoints_saved_preprocessing(tmp_path, mon
     seen = []
     forward = DSNetForSemanticSegmentation.forward
     monkeypatch.setattr(DSNetForSemanticSegmentation, "forward",
-                        lambda self, pixel_values, **kw: seen.append(tuple(pixel_values.shape[-2:])) or forward(self, pixel_values, **kw))
+                        lambda self, pixel_values, **kw: seen.append(tuple(pixel_values.shape[-2:])) or forward(self, pixel_values, **kw))  # noqa: E501
     args = ["--config", str(REPO_ROOT / "configuration" / "quickstart.yaml"), "--model_name_or_path",
             str(tmp_path / "model"), "--synthetic_num_eval", "2", "--synthetic_num_train", "1",
             "--output_file", str(tmp_path / "eval.json")]

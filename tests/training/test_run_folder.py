@@ -1,4 +1,4 @@
-"""msaf_hf.run_folder: the output-folder lock (with real processes), run ids and earlier results."""
+"""msaf_hf.training.run_folder: the output-folder lock (with real processes), run ids and earlier results."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from msaf_hf.run_folder import (
+from msaf_hf.training.run_folder import (
     LOCK_FILE,
     OutputDirLockedError,
     RunLock,
@@ -24,7 +24,7 @@ from msaf_hf.run_folder import (
     write_run_file,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # The subprocesses load run_folder.py on its own (it imports only the standard library): no torch start-up.
 _LOAD = """
 import importlib.util, sys
@@ -52,7 +52,7 @@ lock.release()
 
 def _python(code: str, *args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.Popen([sys.executable, "-c", code, *args, str(REPO_ROOT / "msaf_hf" / "run_folder.py")], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-c", code, *args, str(REPO_ROOT / "msaf_hf" / "training" / "run_folder.py")], env=env, stdout=subprocess.PIPE,  # noqa: E501
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 

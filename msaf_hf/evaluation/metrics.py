@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-
 __all__ = ["SegmentationConfusionMatrix", "metrics_from_confusion_matrix"]
 
 # On CPU the work is split into chunks of this many pixels: the int64 temporaries then stay in cache and

@@ -1,6 +1,6 @@
 """An output folder belongs to one training run: its run id, its lock, and what counts as an earlier result.
 
-Three small pieces used by :mod:`msaf_hf.training`, kept free of training code so they can move as they are:
+Three small pieces used by :mod:`msaf_hf.training.resume`, kept free of training code (standard library only):
 
 * :class:`RunLock`: an exclusive ``flock`` on ``output_dir/.run.lock``, held by the main process for the whole run.
   The kernel drops a ``flock`` when its process dies (``kill -9`` included), so a lock left behind by a killed run
@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
 
-def read_run_id(output_dir: str | os.PathLike) -> Optional[str]:
+def read_run_id(output_dir: str | os.PathLike) -> str | None:
     """The id of the run that owns ``output_dir`` (from ``run.json``), or None."""
     path = Path(output_dir) / RUN_FILE
     try:
@@ -130,10 +130,10 @@ def clear_earlier_results(output_dir: str | os.PathLike) -> list[str]:
 class LockHolder:
     """Who holds (or last held) a :class:`RunLock`."""
 
-    pid: Optional[int] = None
-    host: Optional[str] = None
-    started: Optional[str] = None
-    run_id: Optional[str] = None
+    pid: int | None = None
+    host: str | None = None
+    started: str | None = None
+    run_id: str | None = None
 
     def describe(self) -> str:
         return f"pid {self.pid} on host {self.host}, started {self.started}" + (
@@ -151,8 +151,8 @@ class RunLock:
     def __init__(self, output_dir: str | os.PathLike) -> None:
         self.output_dir = Path(output_dir)
         self.path = self.output_dir / LOCK_FILE
-        self._fd: Optional[int] = None
-        self.took_over: Optional[LockHolder] = None  # the dead holder whose lock this one replaced, if any
+        self._fd: int | None = None
+        self.took_over: LockHolder | None = None  # the dead holder whose lock this one replaced, if any
 
     @property
     def held(self) -> bool:
@@ -165,7 +165,7 @@ class RunLock:
             return LockHolder()
         return LockHolder(**{k: values.get(k) for k in ("pid", "host", "started", "run_id")})
 
-    def acquire(self, run_id: Optional[str] = None) -> RunLock:
+    def acquire(self, run_id: str | None = None) -> RunLock:
         try:
             import fcntl
         except ImportError:  # not POSIX (Windows): no kernel lock to rely on

@@ -67,8 +67,9 @@ def _load(hub, tmp_path: Path, mode: str, repo_id: str, *, hf_home: Path, revisi
 
 
 def _local_logits(folder: Path) -> torch.Tensor:
-    import msaf_hf  # noqa: F401
     from transformers import AutoModelForSemanticSegmentation
+
+    import msaf_hf  # noqa: F401
 
     model = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
     x = torch.linspace(-2, 2, 2 * 3 * 32 * 32).reshape(2, 3, 32, 32)
@@ -176,7 +177,7 @@ def test_private_repo_is_refused_without_token(local_hub, tmp_path):
 
     token = local_hub.add_token("alice")
     folder = tmp_path / "model"
-    msaf_hf.DSNetForSemanticSegmentation(msaf_hf.load_preset("dsnet", base_channels=4, num_labels=3)).save_pretrained(folder)
+    msaf_hf.DSNetForSemanticSegmentation(msaf_hf.load_preset("dsnet", base_channels=4, num_labels=3)).save_pretrained(folder)  # noqa: E501
     msaf_hf.DSNetImageProcessor().save_pretrained(folder)
     push_folder_to_hub(folder, "alice/secret", token=token, private=True, endpoint=local_hub.url)
 
@@ -193,8 +194,9 @@ def test_private_repo_is_refused_without_token(local_hub, tmp_path):
     reason="real-Hub tests run only with MSAF_HF_REAL_HUB_TESTS=1 and HF_TOKEN set",
 )
 def test_real_hub_round_trip(tmp_path):
-    import msaf_hf
     from huggingface_hub import HfApi
+
+    import msaf_hf
     from msaf_hf.hub import push_folder_to_hub
 
     api = HfApi()

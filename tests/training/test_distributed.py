@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ACCELERATE_CONFIG = REPO_ROOT / "configuration" / "accelerate" / "cpu_2proc.yaml"
 
 
@@ -81,9 +81,9 @@ def test_two_processes_train_identically_and_evaluate_exactly(tmp_path):
     launcher = Path(sys.executable).with_name("accelerate")
     if not launcher.is_file():
         pytest.skip(f"the accelerate launcher is not installed next to {sys.executable}")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}  # noqa: E501
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    command = [str(launcher), "launch", "--config_file", str(ACCELERATE_CONFIG), "--main_process_port", str(_free_port()),
+    command = [str(launcher), "launch", "--config_file", str(ACCELERATE_CONFIG), "--main_process_port", str(_free_port()),  # noqa: E501
                __file__, str(tmp_path)]
     # On a timeout the launcher and both ranks must go: killing only the launcher would leave a rank blocked in a
     # collective, holding its port, for every later run.
@@ -147,8 +147,8 @@ def _refused_worker(output_dir: str) -> None:
     """Runs in every launched process when another run holds the folder: each must learn the verdict and stop."""
     from accelerate import PartialState
 
-    from msaf_hf.run_folder import OutputDirLockedError
     from msaf_hf.training import train
+    from msaf_hf.training.run_folder import OutputDirLockedError
 
     try:
         train(*_arguments(output_dir))
@@ -160,14 +160,14 @@ def _refused_worker(output_dir: str) -> None:
 
 def test_a_locked_folder_stops_every_process_of_a_distributed_run(tmp_path):
     """Only the main process takes the lock; the other one learns its verdict and stops too (no hang)."""
-    from msaf_hf.run_folder import RunLock
+    from msaf_hf.training.run_folder import RunLock
 
     launcher = Path(sys.executable).with_name("accelerate")
     if not launcher.is_file():
         pytest.skip(f"the accelerate launcher is not installed next to {sys.executable}")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}  # noqa: E501
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    command = [str(launcher), "launch", "--config_file", str(ACCELERATE_CONFIG), "--main_process_port", str(_free_port()),
+    command = [str(launcher), "launch", "--config_file", str(ACCELERATE_CONFIG), "--main_process_port", str(_free_port()),  # noqa: E501
                __file__, str(tmp_path), "refused"]
     with RunLock(tmp_path):  # this process holds the folder
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -20,9 +20,9 @@ from msaf_hf.data import (
     DataArguments,
     LabelMapper,
     SegmentationEvalTransform,
-    eval_image_processor,
     SegmentationTrainTransform,
     collate_fn,
+    eval_image_processor,
     example_rng,
     load_id2label_file,
     load_segmentation_data,
@@ -31,7 +31,7 @@ from msaf_hf.data import (
     synthetic_id2label,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 CAMVID = SHARED / "data" / "camvid"
 MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
@@ -218,11 +218,12 @@ def test_hub_folder_missing_and_empty_splits(tmp_path):
 def test_empty_split_error_names_split_and_source(tmp_path):
     import datasets
 
-    from msaf_hf.data import LabelMapper, SegmentationDataset, SegmentationEvalTransform, _HubSource
+    from msaf_hf.data import LabelMapper, SegmentationDataset, SegmentationEvalTransform
+    from msaf_hf.data.sources import HubSource
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
     empty = datasets.Dataset.from_dict({"image": [], "label": []}, features=features)
-    source = _HubSource(empty, "image", "label", None, "dataset 'x', split 'validation'")
+    source = HubSource(empty, "image", "label", None, "dataset 'x', split 'validation'")
     with pytest.raises(ValueError, match=r"Split 'eval' is empty \(dataset 'x', split 'validation'\)"):
         SegmentationDataset(source, "eval", SegmentationEvalTransform(), LabelMapper(2))
     (tmp_path / "img").mkdir()
@@ -552,7 +553,7 @@ def test_dataset_epoch_changes_augmentation_and_workers_do_not(tmp_path):
 
     single, multi = batches(0), batches(2)
     assert len(single) == 2
-    for a, b in zip(single, multi):
+    for a, b in zip(single, multi, strict=False):
         assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["labels"], b["labels"])
         assert a["pixel_values"].shape == (2, 3, 24, 24) and a["labels"].shape == (2, 24, 24)
 

@@ -38,7 +38,7 @@ try:  # imported as part of a `tests` package
 except ImportError:  # tests/ on sys.path (pytest's default layout)
     from hub_fixtures import local_hub, local_hub_client  # noqa: F401
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO_ROOT / "configuration").glob("*.yaml"))
 
 
@@ -224,7 +224,8 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     # Same losses and learning rates after the resume point; the limit kept the last two checkpoints.
     history_a = TrainerState.load(tmp_path / "a").log_history
     history_b = TrainerState.load(tmp_path / "b").log_history
-    late = lambda history: [(h["step"], h["loss"], h["learning_rate"]) for h in history if "loss" in h and h["step"] > 6]
+    def late(history):
+        return [(h["step"], h["loss"], h["learning_rate"]) for h in history if "loss" in h and h["step"] > 6]
     assert late(history_a) == late(history_b) and len(late(history_a)) == 2
     assert [p.name for p in list_checkpoints(tmp_path / "a")] == ["checkpoint-6", "checkpoint-8"]
 
@@ -238,10 +239,10 @@ def test_resume_with_other_batch_settings_needs_allow_changed_settings(tmp_path,
     AcceleratorState._reset_state(True)
     # 3 steps x 4 images consumed in epoch 0; now 4 images per micro-batch without accumulation.
     changed = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 1}
-    with pytest.raises(ValueError, match="(?s)gradient_accumulation_steps: 2 -> 1.*per_device_train_batch_size: 2 -> 4"):
+    with pytest.raises(ValueError, match="(?s)gradient_accumulation_steps: 2 -> 1.*per_device_train_batch_size: 2 -> 4"):  # noqa: E501
         train(*tiny_run(tmp_path, resume_from_checkpoint=str(tmp_path / "checkpoint-3"), **changed, **common))
     AcceleratorState._reset_state(True)
-    output = train(*tiny_run(tmp_path, resume_from_checkpoint=str(tmp_path / "checkpoint-3"), allow_changed_settings=True,
+    output = train(*tiny_run(tmp_path, resume_from_checkpoint=str(tmp_path / "checkpoint-3"), allow_changed_settings=True,  # noqa: E501
                              **changed, **common))
     assert output.global_step == 8
     assert "with changed settings" in caplog.text and "per_device_train_batch_size: 2 -> 4" in caplog.text
@@ -251,7 +252,7 @@ def test_resume_with_other_batch_settings_needs_allow_changed_settings(tmp_path,
 
 def test_the_loop_reads_device_values_only_when_logging(tmp_path, monkeypatch):
     """Host synchronisation (reading a tensor's value) happens once per logging window, not per step."""
-    import msaf_hf.training as training_module
+    import msaf_hf.training.trainer as training_module
 
     reads = []
     for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
@@ -313,7 +314,7 @@ def test_a_crash_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path, mo
 
 
 def test_bf16_mixed_precision_keeps_float32_weights(tmp_path):
-    output = train(*tiny_run(tmp_path, mixed_precision="bf16", max_steps=4, config_overrides="base_channels=8,ohem_min_kept=64"))
+    output = train(*tiny_run(tmp_path, mixed_precision="bf16", max_steps=4, config_overrides="base_channels=8,ohem_min_kept=64"))  # noqa: E501
     from accelerate.state import AcceleratorState
 
     assert AcceleratorState().mixed_precision == "bf16"
@@ -362,7 +363,7 @@ def test_new_label_set_needs_ignore_mismatched_sizes(tmp_path):
     five = {i: f"c{i}" for i in range(5)}
     with pytest.raises(ValueError, match="--ignore_mismatched_sizes"):
         build_model(ModelArguments(model_name_or_path=str(tmp_path / "pretrained")), five)
-    model = build_model(ModelArguments(model_name_or_path=str(tmp_path / "pretrained"), ignore_mismatched_sizes=True), five)
+    model = build_model(ModelArguments(model_name_or_path=str(tmp_path / "pretrained"), ignore_mismatched_sizes=True), five)  # noqa: E501
     assert model.config.num_labels == 5 and model.config.id2label == five
     new_state, old_state = model.state_dict(), pretrained.state_dict()
     resized = [k for k in new_state if new_state[k].shape != old_state[k].shape]
@@ -549,28 +550,28 @@ def test_a_finished_run_is_not_overwritten_without_asking(tmp_path):
 
 def test_resume_latest_without_a_checkpoint_is_an_error_naming_the_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(FileNotFoundError, match=r"no complete checkpoint.*" + re.escape(str(tmp_path)) + r".*notes\.txt"):
+    with pytest.raises(FileNotFoundError, match=r"no complete checkpoint.*" + re.escape(str(tmp_path)) + r".*notes\.txt"):  # noqa: E501
         train(*tiny_run(tmp_path, resume_from_checkpoint="latest"))
     assert not (tmp_path / "final").exists()
 
 
 _BLOCKED_RUN = """
 import pathlib, sys, time
-from msaf_hf import training
+from msaf_hf.training import cli, trainer
 
 started, release = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-original = training._train
+original = trainer.Trainer.train
 
-def blocked(*args, **kwargs):
+def blocked(self, callbacks=()):
     def wait(state):
         if state.global_step == 1:
             started.write_text("step 1")
             while not release.exists():
                 time.sleep(0.05)
-    return original(*args, callbacks=[wait], **kwargs)
+    return original(self, callbacks=[wait])
 
-training._train = blocked
-training.main(sys.argv[3:])
+trainer.Trainer.train = blocked
+cli.main(sys.argv[3:])
 """
 
 
@@ -762,7 +763,7 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_previous_one_offered(crash
 
 
 @pytest.mark.parametrize("line, name", [("seed: [1, 2]", "seed"), ("max_steps: 2.5", "max_steps"),
-                                        ("per_device_train_batch_size: [8]", "per_device_train_batch_size"), ("synthetic: 3", "synthetic")])
+                                        ("per_device_train_batch_size: [8]", "per_device_train_batch_size"), ("synthetic: 3", "synthetic")])  # noqa: E501
 def test_recipe_values_of_the_wrong_type_fail_at_parse_time(tmp_path, line, name):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"synthetic: true\n{line}\n")

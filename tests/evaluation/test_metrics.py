@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from msaf_hf import metrics as metrics_module
-from msaf_hf.metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
+from msaf_hf.evaluation import metrics as metrics_module
+from msaf_hf.evaluation.metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
 
 
 def _random_batch(seed: int, num: int = 3, height: int = 9, width: int = 11, num_classes: int = 5, ignore: float = 0.2):
@@ -133,7 +133,7 @@ def test_dtypes_and_numpy_inputs_agree():
     predictions, labels = _random_batch(4)
     reference = SegmentationConfusionMatrix(num_classes=5)
     reference.update(predictions, labels)
-    for p, l in (
+    for p, l in (  # noqa: E741
         (predictions.to(torch.uint8), labels.to(torch.uint8)),
         (predictions.to(torch.int32), labels.to(torch.int16)),
         (predictions.numpy(), labels.numpy()),
@@ -390,7 +390,7 @@ def test_benchmark_script_is_importable_and_agrees_on_tiny_data():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_metrics.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "benchmark_metrics.py"
     spec = importlib.util.spec_from_file_location("benchmark_metrics_under_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # must not run the benchmark on import
