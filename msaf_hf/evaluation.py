@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``scripts/evaluate.py``: evaluate a checkpoint on a dataset split; print a per-class table; write JSON."""
     from accelerate import Accelerator
 
-    from .modeling_dsnet import DSNetForSemanticSegmentation
+    from .engines import load_segmenter
     from .training import _any_accelerator_available, parse_args
 
     # Training recipes may be reused (--config configuration/camvid.yaml): their training-only keys are ignored,
@@ -274,7 +274,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         level=logging.INFO if accelerator.is_main_process else logging.WARNING)
 
-    model = DSNetForSemanticSegmentation.from_pretrained(eval_args.model_name_or_path, revision=eval_args.revision)
+    # A folder written by scripts/export.py loads as its engine model (OpenVINO / ONNX Runtime), anything else as
+    # the PyTorch model.
+    model = load_segmenter(eval_args.model_name_or_path, revision=eval_args.revision)
     model.to(accelerator.device)
     if accelerator.mixed_precision != "no":
         model = accelerator.prepare_model(model, evaluation_mode=True)  # autocast wrapper only
