@@ -131,6 +131,11 @@ def export_to_engine(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
     _check_size(height, width)
+    # Fail before any work when a package is missing; the error names the extra to install.
+    for module in (["openvino"] if engine == "openvino" else ["onnxruntime", "onnx", "onnxscript"]) + (
+        ["nncf"] if precision == "int8" else []
+    ):
+        require(module)
     source = None
     if not isinstance(model, torch.nn.Module):
         source = str(model)
@@ -185,7 +190,7 @@ def export_to_engine(
         (staging / "config.json").write_text(json.dumps(config_values, indent=2, sort_keys=True) + "\n", "utf-8")
         _write_image_processor(staging, image_processor, input_size)
         if check:
-            report = compare_with_torch(staging, deployed if precision == "fp32" else model.eval(), example)
+            report = compare_with_torch(staging, model.eval(), example)  # against the model as given (eval)
             config_values[ENGINE_CONFIG_KEY]["check"] = report
             (staging / "config.json").write_text(json.dumps(config_values, indent=2, sort_keys=True) + "\n", "utf-8")
         _install(staging, output_dir)
