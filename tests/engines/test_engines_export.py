@@ -147,12 +147,18 @@ def test_int8_export_is_quantised_and_runs(exported, tiny_model, engine):
         graph = onnx.load(str(folder / "model.onnx"))
         assert any(node.op_type == "QuantizeLinear" for node in graph.graph.node)
     model = load_segmenter(folder, num_threads=1)
-    (pixel_values,) = _images((2, 3, 64, 64))
+    # Images of the calibration distribution (the synthetic set's validation split, not used for calibration).
+    pixel_values = torch.cat(load_calibration_images("synthetic", tiny_model.config, split="validation",
+                                                      num_samples=4, size=SIZE))
     logits = model(pixel_values=pixel_values).logits
     with torch.no_grad():
         reference = tiny_model(pixel_values=pixel_values).logits
     assert logits.shape == reference.shape and torch.isfinite(logits).all()
-    assert _relative(logits, reference) < 0.5  # int8, not garbage
+    # int8 of a random 4-channel-wide network is coarse (cosine similarity ~0.9 here; accuracy on trained models is
+    # measured by scripts/int8_sensitivity.py), but it must follow the float32 logits: a mis-scaled, mis-wired or
+    # uncalibrated quantisation gives a similarity near 0 (or negative).
+    similarity = torch.nn.functional.cosine_similarity(logits.flatten(), reference.flatten(), dim=0).item()
+    assert similarity > 0.8, f"{engine} int8 vs torch: cosine similarity {similarity:.4f}"
 
 
 def test_calibration_errors(tmp_path, tiny_model):
