@@ -1,6 +1,7 @@
 """msaf_hf.engines: export to OpenVINO / ONNX Runtime, engine models, int8, evaluation and the errors users meet.
 
-Tiny DSNets (base width 4) at 64x64; the exported folders are built once per module."""
+Tiny DSNets (base width 4) at 64x64; the exported folders are built once per module. Converting to an engine takes
+a few seconds of CPU per export, so the tests that export are marked slow (they still run in `make test`)."""
 
 from __future__ import annotations
 
@@ -84,6 +85,7 @@ def _images(*shapes: tuple[int, ...]) -> list[torch.Tensor]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_openvino_fp32_matches_torch_at_any_size(exported, tiny_model):
     folder = exported("openvino", "fp32")
     spec = read_engine_spec(folder)
@@ -99,6 +101,7 @@ def test_openvino_fp32_matches_torch_at_any_size(exported, tiny_model):
         assert (logits.argmax(1) == reference.argmax(1)).float().mean() >= 0.999
 
 
+@pytest.mark.slow
 def test_onnxruntime_fp32_matches_torch_and_is_fixed_size(exported, tiny_model):
     folder = exported("onnxruntime", "fp32")
     spec = read_engine_spec(folder)
@@ -123,6 +126,7 @@ def test_onnxruntime_fp32_matches_torch_and_is_fixed_size(exported, tiny_model):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
 def test_int8_export_is_quantised_and_runs(exported, tiny_model, engine):
     folder = exported(engine, "int8")
@@ -205,6 +209,7 @@ def test_fixed_size_calibration_must_match_the_export_size(tmp_path, tiny_model)
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_wrong_engine_and_plain_checkpoint_folders(exported, tiny_model, tmp_path):
     with pytest.raises(ValueError, match="exported for onnxruntime, not openvino.*ONNXRuntimeSegmenter"):
         OpenVINOSegmenter.from_pretrained(exported("onnxruntime", "fp32"))
@@ -216,6 +221,7 @@ def test_wrong_engine_and_plain_checkpoint_folders(exported, tiny_model, tmp_pat
     assert isinstance(load_segmenter(tmp_path / "torch"), DSNetForSemanticSegmentation)
 
 
+@pytest.mark.slow
 def test_export_into_a_used_folder_replaces_the_earlier_export(tmp_path, tiny_model):
     pytest.importorskip("openvino")
     pytest.importorskip("onnxruntime")
@@ -248,6 +254,7 @@ def test_evaluate_script_on_an_exported_folder(exported, tiny_model, tmp_path):
     assert engine_result["test_time_augmentation"]["flip"] is True
 
 
+@pytest.mark.slow
 def test_image_segmentation_pipeline_on_an_engine_model(exported):
     from transformers import AutoImageProcessor, pipeline
 
@@ -266,6 +273,7 @@ def test_image_segmentation_pipeline_on_an_engine_model(exported):
 
 @pytest.mark.parametrize(("module", "extra", "engine"), [("openvino", "openvino", "openvino"),
                                                          ("onnxruntime", "onnxruntime", "onnxruntime")])
+@pytest.mark.slow
 def test_missing_engine_package_names_the_extra(exported, tiny_model, tmp_path, monkeypatch, module, extra, engine):
     folder = exported(engine, "fp32")
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
