@@ -301,3 +301,14 @@ def test_package_imports_without_any_engine():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_benchmark_engine_variants_are_validated():
+    from msaf_hf.benchmarking import ENGINE_VARIANTS, InferenceCase
+
+    assert set(ENGINE_VARIANTS) == {"openvino-fp32", "openvino-int8", "onnxruntime-fp32", "onnxruntime-int8"}
+    InferenceCase("dsnet", "openvino-int8")
+    with pytest.raises(ValueError, match="cannot be torch.compiled"):
+        InferenceCase("dsnet", "openvino-fp32", compile_mode="default")
+    with pytest.raises(ValueError, match="only the 'eval' variant"):
+        InferenceCase("segformer-b0", "onnxruntime-fp32")
