@@ -6,15 +6,22 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: quickstart test setup clean
+.PHONY: help quickstart test lint setup clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  \1\t/'
 
 quickstart: $(VENV)/.installed  ## train + evaluate a small DSNet on the built-in synthetic set (no network, no data)
 	$(BIN)/python scripts/train.py --config configuration/quickstart.yaml
 
-test: $(VENV)/.installed  ## run the test suite
+test: lint  ## ruff, then the test suite (first fetches transformers' common test suites into .cache/)
+	$(BIN)/python scripts/fetch_transformers_test_suites.py
 	$(BIN)/python -m pytest -q
 
-setup: $(VENV)/.installed
+lint: $(VENV)/.installed  ## ruff over the whole repository (configuration in pyproject.toml)
+	$(BIN)/ruff check .
+
+setup: $(VENV)/.installed  ## create .venv with the package (editable) and its test extra
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,5 +30,5 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
-clean:
-	rm -rf $(VENV) outputs
+clean:  ## remove .venv, outputs and the fetched test suites
+	rm -rf $(VENV) outputs .cache

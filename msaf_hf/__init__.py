@@ -14,6 +14,7 @@ from transformers import (
 )
 
 from .configuration_dsnet import CITYSCAPES_CLASS_WEIGHTS, DSNetConfig
+from .evaluation.metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
 from .image_processing_dsnet import DSNetImageProcessor
 from .modeling_dsnet import (
     MSAF,
@@ -23,7 +24,6 @@ from .modeling_dsnet import (
     DSNetPreTrainedModel,
     DSNetSemanticSegmenterOutput,
 )
-from .metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
 from .presets import list_presets, load_preset
 
 __version__ = "0.1.0"
@@ -39,13 +39,24 @@ DSNetForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmen
 DSNetImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 
-def _integrate_with_pipelines() -> None:
-    """Make `pipeline("image-segmentation")` treat DSNet like the built-in segmenters.
+def _pipeline_workarounds() -> None:
+    """The package's only changes to transformers internals, all here, applied only to the versions they were
+    verified on (transformers 5.x; checked against 5.24 by tests/test_integration.py's pipeline tests).
 
-    The pipeline checks the model's class name against transformers' own name table (registered classes are not
-    consulted), and it probes for a video processor, which for a folder with a remote-code image processor means
-    an interactive trust prompt about a `DSNetVideoProcessor` that does not exist. Segmentation never uses one.
+    `pipeline("image-segmentation")` on a DSNet folder, without these:
+    1. logs an error that DSNet "is not supported": `check_model_type` compares the class name with a plain copy
+       of transformers' own name table, so classes registered with `AutoModelForSemanticSegmentation.register`
+       are not seen. Fix: add DSNet's name to that table.
+    2. probes for a video processor, which for a folder with a remote-code image processor asks an interactive
+       "trust remote code?" question about a `DSNetVideoProcessor` that does not exist. Segmentation never uses
+       one: the pipeline class is told not to load it.
+    Remove this once transformers consults registered classes (and skips the video probe) in these pipelines.
     """
+    import transformers
+    from packaging.version import Version
+
+    if not Version("5.0") <= Version(Version(transformers.__version__).base_version) < Version("6.0"):
+        return
     from transformers.models.auto import modeling_auto
     from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 
@@ -55,7 +66,7 @@ def _integrate_with_pipelines() -> None:
     ImageSegmentationPipeline._load_video_processor = False
 
 
-_integrate_with_pipelines()
+_pipeline_workarounds()
 
 __all__ = [
     "CITYSCAPES_CLASS_WEIGHTS",

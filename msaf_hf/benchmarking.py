@@ -26,6 +26,9 @@ DSNET_PRESETS = ("dsnet", "dsnet-head64", "dsnet-head256", "dsnet-base")
 PEER_MODELS = ("segformer-b0",)
 MODEL_NAMES = DSNET_PRESETS + PEER_MODELS
 INFERENCE_VARIANTS = ("eval", "deploy")
+# Exported engines (msaf_hf.engines; DSNet only): exported from the same weights at the benchmarked size, run with
+# torch's thread count. int8 uses the default recipe, calibrated on a few random images (speed only).
+ENGINE_VARIANTS = ("openvino-fp32", "openvino-int8", "onnxruntime-fp32", "onnxruntime-int8")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -235,8 +238,10 @@ class InferenceCase:
     def __post_init__(self) -> None:
         if self.name not in MODEL_NAMES:
             raise ValueError(f"Unknown model {self.name!r}; choose from {', '.join(MODEL_NAMES)}.")
-        if self.variant not in INFERENCE_VARIANTS:
-            raise ValueError(f"variant must be one of {INFERENCE_VARIANTS}, got {self.variant!r}.")
+        if self.variant not in INFERENCE_VARIANTS + ENGINE_VARIANTS:
+            raise ValueError(f"variant must be one of {INFERENCE_VARIANTS + ENGINE_VARIANTS}, got {self.variant!r}.")
+        if self.variant in ENGINE_VARIANTS and self.compile_mode != "none":
+            raise ValueError(f"variant {self.variant!r} runs an exported engine: it cannot be torch.compiled.")
         if self.name in PEER_MODELS and self.variant != "eval":
             raise ValueError(f"{self.name} has only the 'eval' variant, got {self.variant!r}.")
         if self.memory_format not in MEMORY_FORMATS:
@@ -281,7 +286,14 @@ def benchmark_inference_cases(
         dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 8 * len(cases))
 
     prepared = []
+    engine_dir = None
     for case in cases:
+        if case.variant in ENGINE_VARIANTS:
+            import tempfile
+
+            engine_dir = engine_dir or tempfile.TemporaryDirectory(prefix="msaf_hf-benchmark-")
+            prepared.append(_prepare_engine_case(case, engine_dir.name, shape, num_labels))
+            continue
         fmt = resolve_memory_format(case.memory_format, case.variant)
         model = prepare_inference_model(build_model(case.name, num_labels), case.variant, device, dtype, fmt, "none")
         record: dict[str, Any] = {
@@ -315,10 +327,52 @@ def benchmark_inference_cases(
     with torch.inference_mode():
         timings = time_callables([step for _, step in prepared], device, warmup, repeats, number, interleave)
     results = []
-    for (record, _), timing in zip(prepared, timings):
+    for (record, _), timing in zip(prepared, timings, strict=False):
         record.update(latency=timing.as_dict(), images_per_s=batch_size / timing.median_s, interleaved=interleave)
         results.append(record)
+    if engine_dir is not None:
+        engine_dir.cleanup()
     return results
+
+
+def _prepare_engine_case(
+    case: InferenceCase, folder: str, shape: tuple[int, int, int, int], num_labels: int
+) -> tuple[dict[str, Any], Callable[[], Any]]:
+    """Export `case.name`'s weights (the same seed as the torch variants) to `case.variant`'s engine and return the
+    benchmark record and the timed step. The export's parity check (max relative difference of the logits to the
+    torch eval model, argmax agreement) goes into the record."""
+    import json
+
+    from .engines import export_to_engine, load_segmenter
+
+    if case.name not in DSNET_PRESETS:
+        raise ValueError(f"variant {case.variant!r} needs a DSNet model, got {case.name!r}.")
+    engine, precision = case.variant.split("-")
+    batch_size, channels, height, width = shape
+    model = build_model(case.name, num_labels).eval()
+    calibration = None
+    if precision == "int8":
+        generator = torch.Generator().manual_seed(0)
+        calibration = [torch.randn(1, channels, height, width, generator=generator) for _ in range(4)]
+    path = export_to_engine(model, os.path.join(folder, case.variant), engine=engine, precision=precision,
+                            height=height, width=width, calibration_images=calibration)
+    check = json.loads(open(os.path.join(path, "config.json"), encoding="utf-8").read())["engine"].get("check")
+    engine_model = load_segmenter(path, num_threads=torch.get_num_threads())
+    pixel_values = torch.randn(shape)
+    record: dict[str, Any] = {
+        "mode": "inference", "model": case.name, "variant": case.variant, "batch_size": batch_size,
+        "height": height, "width": width, "dtype": "int8" if precision == "int8" else "float32", "device": "cpu",
+        "memory_format": "-", "compile": "none", "params": count_parameters(model), "flops_per_image": None,
+        "engine_check": check,
+    }
+
+    def step(engine_model: nn.Module = engine_model, pixel_values: torch.Tensor = pixel_values) -> Any:
+        return engine_model(pixel_values=pixel_values).logits
+
+    start = time.perf_counter()
+    step()
+    record["first_call_s"] = time.perf_counter() - start
+    return record, step
 
 
 def benchmark_inference(
@@ -446,7 +500,7 @@ def benchmark_training_cases(
         prepared.append((record, step))
     timings = time_callables([step for _, step in prepared], device, warmup, repeats, interleave=interleave)
     results = []
-    for (record, step), timing in zip(prepared, timings):
+    for (record, step), timing in zip(prepared, timings, strict=False):
         final_loss = float(step().detach())
         if not math.isfinite(final_loss):
             raise RuntimeError(f"{record['model']}: the training loss became {final_loss} during the benchmark.")

@@ -90,6 +90,10 @@ class DSNetConfig(PreTrainedConfig):
             when `id2label` is the Cityscapes label set (CamVid's for CamVid), otherwise a fixed palette of
             distinct colours (see `msaf_hf.visualization.label_colors`).
 
+    `num_labels` (a common [`PreTrainedConfig`] argument) sets the number of classes; `num_labels=1` makes a binary
+    segmenter (one foreground logit per pixel, sigmoid binary cross-entropy on labels 0/1, OHEM and class weights
+    not used), as transformers' segmenters do.
+
     Example:
 
     ```python

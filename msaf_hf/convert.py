@@ -139,7 +139,9 @@ def rename_original_key(key: str) -> str:
             renamed = _apply(_RULE_SETS[kind], rest)
         if renamed is not None:
             return f"{target}.{renamed}"
-    raise KeyError(f"Unknown key {key!r} in the original DSNet checkpoint: it matches no module of the published model.")
+    raise KeyError(
+        f"Unknown key {key!r} in the original DSNet checkpoint: it matches no module of the published model."
+    )
 
 
 @dataclass
@@ -345,7 +347,7 @@ def convert_original_checkpoint(
 
 def default_id2label(num_labels: int) -> dict[int, str]:
     """Class names for the datasets the published checkpoints were trained on, else generic names."""
-    from .data import CITYSCAPES_ID2LABEL, load_id2label_file  # local: data pulls in `datasets`
+    from .data.labels import CITYSCAPES_ID2LABEL, load_id2label_file  # local: data pulls in torch's data tools
     from .presets import configuration_dir
 
     if num_labels == 19:  # Cityscapes (BDD10K shares its classes)

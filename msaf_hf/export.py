@@ -57,7 +57,7 @@ def _as_export_module(model: nn.Module) -> SegmentationLogits:
     return wrapper.eval()
 
 
-def _has_context_pools(model: nn.Module) -> bool:
+def has_context_pools(model: nn.Module) -> bool:
     return any(isinstance(m, MSAF) and len(m.context_sizes) > 0 for m in model.modules())
 
 
@@ -160,7 +160,7 @@ def export_onnx(
         ) from error
     _check_example(pixel_values)
     wrapper = _as_export_module(model)
-    if dynamic_spatial and _has_context_pools(wrapper):
+    if dynamic_spatial and has_context_pools(wrapper):
         raise ValueError(
             "This model's MSAF context pools (adaptive average pools to 4x4, 8x8, 16x16) have no ONNX equivalent for "
             "a variable input size: the exporter fixes their kernels from the example's size. Export with "

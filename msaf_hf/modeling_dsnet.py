@@ -24,8 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_dsnet import DSNetConfig
 
@@ -97,11 +100,73 @@ class ConvNormAct(nn.Module):
         self.norm = nn.Identity()
 
 
+class DSNetCheckpointedBlock(GradientCheckpointingLayer):
+    """A block that `model.activation_checkpointing_enable()` (formerly `gradient_checkpointing_enable()`)
+    checkpoints (transformers' GradientCheckpointingLayer).
+
+    DSNet's blocks hold BatchNorms, whose training-mode forward also updates running statistics: the backward
+    pass's recomputation would update them a second time. So the recomputation runs with momentum 0 (it
+    normalises with batch statistics either way), which keeps training with checkpointing identical to training
+    without it (same gradients, same running statistics).
+    """
+
+    @property
+    def _gradient_checkpointing_func(self):
+        return self.__dict__.get("_checkpoint_keeping_statistics")
+
+    @_gradient_checkpointing_func.setter
+    def _gradient_checkpointing_func(self, checkpoint) -> None:
+        # Set by `gradient_checkpointing_enable()`: wrap the library's checkpoint function so that the block's
+        # second run (the recomputation) leaves the running statistics as the first run left them.
+        def checkpoint_keeping_statistics(function, *args, **kwargs):
+            runs = []
+
+            def run(*inner_args, **inner_kwargs):
+                if runs:
+                    with _batch_norm_statistics_kept(self):
+                        return function(*inner_args, **inner_kwargs)
+                runs.append(True)
+                return function(*inner_args, **inner_kwargs)
+
+            return checkpoint(run, *args, **kwargs)
+
+        self.__dict__["_checkpoint_keeping_statistics"] = checkpoint_keeping_statistics if checkpoint else None
+
+    @_gradient_checkpointing_func.deleter
+    def _gradient_checkpointing_func(self) -> None:  # gradient_checkpointing_disable()
+        self.__dict__.pop("_checkpoint_keeping_statistics", None)
+
+
+class _batch_norm_statistics_kept:
+    """Context manager: the BatchNorms of `module` run exactly as in training (so a non-reentrant checkpoint sees
+    the same saved tensors) but with momentum 0, so their running statistics keep their values; the batch
+    counter, which no autograd graph saves, is put back on exit."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __enter__(self) -> None:
+        self.saved = [
+            (m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+            for m in self.module.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        ]
+        for m, _, _ in self.saved:
+            m.momentum = 0.0  # running = running * (1 - 0) + batch * 0
+
+    def __exit__(self, *exc) -> None:
+        with torch.no_grad():
+            for m, momentum, batches in self.saved:
+                m.momentum = momentum
+                if batches is not None:
+                    m.num_batches_tracked.copy_(batches)
+
+
 def _norm_args(config: DSNetConfig) -> dict:
     return {"eps": config.batch_norm_eps, "momentum": config.batch_norm_momentum}
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(DSNetCheckpointedBlock):
     """Two 3x3 convolutions with a residual connection (ResNet basic block, expansion 1)."""
 
     expansion = 1
@@ -135,7 +200,7 @@ class BasicBlock(nn.Module):
         return self.final_act(out)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(DSNetCheckpointedBlock):
     """1x1 -> 3x3 (possibly dilated) -> 1x1 residual block with expansion 2."""
 
     expansion = 2
@@ -195,7 +260,12 @@ def residual_stage(
     return nn.Sequential(*blocks)
 
 
-class MultiScaleAtrousBlock(nn.Module):
+def _ends_with_relu(stage: nn.Sequential) -> bool:
+    """Whether a residual stage's last block ends with its own ReLU (a one-block basic stage does)."""
+    return isinstance(stage[-1].final_act, nn.ReLU)
+
+
+class MultiScaleAtrousBlock(DSNetCheckpointedBlock):
     """Three chained dilated 3x3 convolutions whose outputs are concatenated and fused, plus a 1x1 shortcut.
 
     (MFACB in the paper: multi-scale fusion atrous convolution block.) No ReLU after the sum.
@@ -227,7 +297,7 @@ class MultiScaleAtrousBlock(nn.Module):
         return self.fuse(torch.cat(features, dim=1)) + self.shortcut(hidden_states)
 
 
-class AtrousPyramid(nn.Module):
+class AtrousPyramid(DSNetCheckpointedBlock):
     """Serial-parallel atrous pyramid (SPASPP): chained dilated convolutions whose every output, together with a
     globally pooled branch, is concatenated, fused, added to a 1x1 shortcut and refined by a 3x3 convolution."""
 
@@ -280,7 +350,7 @@ class AttentionPath(nn.Module):
         return self.expand(self.reduce(hidden_states))
 
 
-class MSAF(nn.Module):
+class MSAF(DSNetCheckpointedBlock):
     """Multi-Scale Attention Fusion: fuses two feature maps of the same shape with a learned per-pixel,
     per-channel weight.
 
@@ -332,14 +402,16 @@ class MSAF(nn.Module):
         self, x: torch.Tensor, residual: torch.Tensor, return_weights: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if x.shape != residual.shape:
-            raise ValueError(f"MSAF needs two inputs of the same shape, got {tuple(x.shape)} and {tuple(residual.shape)}.")
+            raise ValueError(
+                f"MSAF needs two inputs of the same shape, got {tuple(x.shape)} and {tuple(residual.shape)}."
+            )
         height, width = x.shape[-2:]
         summed = x + residual
         # Same summation order as the published module: local, global, then contexts from small to large pools.
         # In place on the local path's fresh output, which no backward pass needs.
         logits = self.local_attention(summed)
         logits += self.global_attention(F.adaptive_avg_pool2d(summed, 1))
-        for size, path in zip(self.context_sizes, self.context_attentions):
+        for size, path in zip(self.context_sizes, self.context_attentions, strict=False):
             context = path(F.adaptive_avg_pool2d(summed, size))
             logits += F.interpolate(context, size=(height, width), mode="nearest")
         weights = torch.sigmoid(logits)
@@ -350,7 +422,7 @@ class MSAF(nn.Module):
         return (out, weights) if return_weights else out
 
 
-class AdditiveFusion(nn.Module):
+class AdditiveFusion(DSNetCheckpointedBlock):
     """The `fusion_type="add"` ablation: a plain sum, with no weights to return."""
 
     def forward(
@@ -363,7 +435,9 @@ class AdditiveFusion(nn.Module):
 class MainHead(nn.Module):
     """The main segmentation head: ReLU -> 3x3 conv-BN-ReLU -> 1x1 classifier (published `segmenthead_c`)."""
 
-    def __init__(self, in_channels: int, hidden_channels: int, num_labels: int, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(
+        self, in_channels: int, hidden_channels: int, num_labels: int, eps: float = 1e-5, momentum: float = 0.1
+    ):
         super().__init__()
         self.input_act = nn.ReLU(inplace=True)  # its input is the decoder's fresh concatenation
         self.conv = ConvNormAct(in_channels, hidden_channels, 3, eps=eps, momentum=momentum)
@@ -376,7 +450,9 @@ class MainHead(nn.Module):
 class AuxiliaryHead(nn.Module):
     """An auxiliary (deep supervision) head: BN -> ReLU -> 3x3 conv-BN-ReLU -> 1x1 classifier (`segmenthead`)."""
 
-    def __init__(self, in_channels: int, hidden_channels: int, num_labels: int, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(
+        self, in_channels: int, hidden_channels: int, num_labels: int, eps: float = 1e-5, momentum: float = 0.1
+    ):
         super().__init__()
         self.input_norm = nn.BatchNorm2d(in_channels, eps=eps, momentum=momentum)
         self.input_act = nn.ReLU()
@@ -404,6 +480,15 @@ def _weighted_cross_entropy(
     else:
         denominator = torch.where(valid, weight[labels.clamp(0, weight.numel() - 1)], 0).sum()
     return losses.sum() / denominator.clamp_min(torch.finfo(losses.dtype).tiny)
+
+
+def _binary_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Binary segmentation (`num_labels=1`): mean sigmoid cross-entropy of the one logit channel over the
+    non-ignored pixels (0 when every pixel is ignored). Softmax over a single class would always give 0."""
+    valid = labels != ignore_index
+    targets = torch.where(valid, labels, 0).to(logits.dtype)
+    losses = F.binary_cross_entropy_with_logits(logits.squeeze(1), targets, reduction="none")
+    return torch.where(valid, losses, 0).sum() / valid.sum().clamp_min(1)
 
 
 def ohem_cross_entropy(
@@ -460,7 +545,11 @@ class DSNetModelOutput(ModelOutput):
             stem, shared stage 1 (1/4), shared stage 2 (1/8), the three fused features and the pyramid output.
         attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
             The three fusion weight maps `w` (values in (0, 1), shape `(batch_size, 4p, height / 8, width / 8)`):
-            the share of the detail branch in each fused pixel is `w`, the context branch's `1 - w`.
+            the share of the detail branch in each fused pixel is `w`, the context branch's `1 - w`. Empty with
+            `fusion_type="add"` (a plain sum has no weights).
+
+    `hidden_states` and `attentions` are recorded by transformers' output-capturing hooks (`_can_record_outputs`);
+    `return_dict=False` gives `to_tuple()` of this output.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -503,7 +592,24 @@ class DSNetPreTrainedModel(PreTrainedModel):
     base_model_prefix = "dsnet"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    supports_gradient_checkpointing = False
+    # Checkpointed at block granularity: every residual, atrous and fusion block (see DSNetCheckpointedBlock).
+    supports_gradient_checkpointing = True
+    # The largest units whose tensors must stay on one device when a model is split with device_map="auto".
+    _no_split_modules = ["BasicBlock", "Bottleneck", "MultiScaleAtrousBlock", "AtrousPyramid", "MSAF"]
+    # Verified by tests/test_modeling_dsnet_common.py (torch.compile(fullgraph=True), no graph break).
+    _can_compile_fullgraph = True
+    # Recorded by transformers' output-capturing hooks (DSNetModel.forward is wrapped by `capture_outputs`):
+    # the stem, both shared stages, the three fusions and the pyramid projection, in the order they run.
+    _can_record_outputs = {
+        "hidden_states": [
+            OutputRecorder(nn.Sequential, layer_name="stem", capture_initial_hidden_state=False),
+            OutputRecorder(nn.Sequential, layer_name="shared_stage1", capture_initial_hidden_state=False),
+            OutputRecorder(nn.Sequential, layer_name="shared_stage2", capture_initial_hidden_state=False),
+            OutputRecorder(DSNetCheckpointedBlock, layer_name="fusions", capture_initial_hidden_state=False),
+            OutputRecorder(ConvNormAct, layer_name="pyramid_projection", capture_initial_hidden_state=False),
+        ],
+        "attentions": OutputRecorder(MSAF, index=1),
+    }
 
     def _init_weights(self, module: nn.Module) -> None:
         # The published code: Kaiming-normal (fan_out, ReLU) convolutions, BatchNorms at identity.
@@ -518,6 +624,10 @@ class DSNetPreTrainedModel(PreTrainedModel):
             init.ones_(module.running_var)
             if getattr(module, "num_batches_tracked", None) is not None:
                 init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, DSNetForSemanticSegmentation) and module.class_weights is not None:
+            # A non-persistent buffer: no checkpoint carries it, so loading (from_pretrained builds on the meta
+            # device and materialises uninitialised memory), `to_empty()` and `from_config` all rely on this.
+            init.copy_(module.class_weights, torch.tensor(module.config.class_weights, dtype=torch.float32))
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # Record both Auto classes DSNet serves, so remote code loads the encoder and the segmenter alike.
@@ -570,6 +680,12 @@ class DSNetPreTrainedModel(PreTrainedModel):
             raise TypeError(
                 f"pixel_values must be a floating point tensor, got {pixel_values.dtype}; rescale and normalise "
                 "images first (the image processor does)."
+            )
+        weight_dtype = self.dtype
+        if pixel_values.dtype != weight_dtype and not torch.is_autocast_enabled(pixel_values.device.type):
+            raise TypeError(
+                f"pixel_values is {pixel_values.dtype} but the model's weights are {weight_dtype}; convert the input "
+                f"with pixel_values.to({weight_dtype}) (or the model with model.to({pixel_values.dtype}))."
             )
         if self.training and pixel_values.shape[0] < 2:
             batch_norms = [m for m in self.modules() if type(m) is nn.BatchNorm2d and m.training]
@@ -655,28 +771,24 @@ class DSNetModel(DSNetPreTrainedModel):
         sizes = config.fusion_context_sizes if config.fusion_type == "msaf" else ()
         return MSAF(config.detail_channels, config.fusion_reduction, sizes, **norm)
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> DSNetModelOutput | tuple:
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> DSNetModelOutput | tuple:
+        r"""
+        `output_hidden_states`, `output_attentions` and `return_dict` (keyword arguments, defaulting to the
+        config) are handled by transformers' output capturing: see [`DSNetModelOutput`] for what they return.
+        """
         self._check_pixel_values(pixel_values)
 
-        stem = self.stem(pixel_values)
-        shared1 = self.shared_stage1(stem)
+        shared1 = self.shared_stage1(self.stem(pixel_values))
         skip = self.skip_stage(shared1)
-        shared2 = F.relu(self.shared_stage2(F.relu(shared1)), inplace=True)  # in place on the stage's fresh sum
+        shared2 = self.shared_stage2(F.relu(shared1))
+        if not _ends_with_relu(self.shared_stage2):
+            # In place on the stage's fresh sum. A one-block stage (shared_depth=1) already ends in an in-place
+            # ReLU, whose output its backward needs: a second in-place ReLU would break training (and is a no-op).
+            shared2 = F.relu(shared2, inplace=True)
 
         detail, context = shared2, shared2
-        fused_features, weights = [], []
+        fused_features = []
         for index in range(3):
             if index > 0:
                 detail = F.relu(detail)
@@ -684,23 +796,12 @@ class DSNetModel(DSNetPreTrainedModel):
             context = self.context_branch[index](context)
             if index == 2:
                 context = F.relu(context, inplace=True)
-            detail, weight = self.fusions[index](detail, self.context_projections[index](context), return_weights=True)
+            # The weights are returned for the `attentions` output recorder.
+            detail, _ = self.fusions[index](detail, self.context_projections[index](context), return_weights=True)
             fused_features.append(detail)
-            weights.append(weight)
         features = self.pyramid_projection(self.pyramid(F.relu(detail)))
-
-        hidden_states = (stem, shared1, shared2, *fused_features, features) if output_hidden_states else None
-        attentions = tuple(weights) if output_attentions else None
-        if not return_dict:
-            return tuple(
-                v for v in (features, skip, tuple(fused_features), hidden_states, attentions) if v is not None
-            )
         return DSNetModelOutput(
-            last_hidden_state=features,
-            skip_hidden_state=skip,
-            fusion_hidden_states=tuple(fused_features),
-            hidden_states=hidden_states,
-            attentions=attentions,
+            last_hidden_state=features, skip_hidden_state=skip, fusion_hidden_states=tuple(fused_features)
         )
 
 
@@ -744,14 +845,12 @@ class DSNetForSemanticSegmentation(DSNetPreTrainedModel):
         if config.deploy_mode:
             self._fuse_batch_norms()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
         output_auxiliary_logits: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> DSNetSemanticSegmenterOutput | tuple:
         r"""
@@ -760,16 +859,15 @@ class DSNetForSemanticSegmentation(DSNetPreTrainedModel):
             logits are upsampled to it for the loss.
         output_auxiliary_logits (`bool`, *optional*):
             Also return the auxiliary heads' logits (always done in training mode or with labels).
+
+        `output_hidden_states`, `output_attentions` (keyword arguments) are passed to [`DSNetModel`];
+        `return_dict=False` returns `output.to_tuple()` (every field that is not None, in field order).
+        With `config.num_labels == 1` the model is a binary segmenter: `logits` are one channel of foreground
+        logits and the loss is binary cross-entropy over the non-ignored pixels (labels 0 or 1).
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None:
             self._check_labels(labels, pixel_values)
-        outputs = self.dsnet(
-            pixel_values,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
+        outputs = self.dsnet(pixel_values, **{**kwargs, "return_dict": True})
         skip = outputs.skip_hidden_state
         upsampled = F.interpolate(
             outputs.last_hidden_state, size=skip.shape[-2:], mode="bilinear", align_corners=False
@@ -780,16 +878,14 @@ class DSNetForSemanticSegmentation(DSNetPreTrainedModel):
         want_aux = self.training or labels is not None or bool(output_auxiliary_logits)
         if self.auxiliary_heads is not None and want_aux:
             auxiliary_logits = tuple(
-                head(features) for head, features in zip(self.auxiliary_heads, outputs.fusion_hidden_states)
+                head(features)
+                for head, features in zip(self.auxiliary_heads, outputs.fusion_hidden_states, strict=False)
             )
 
         loss = main_loss = auxiliary_losses = None
         if labels is not None:
             loss, main_loss, auxiliary_losses = self.compute_loss(logits, auxiliary_logits, labels)
 
-        if not return_dict:
-            output = (logits,) + tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
-            return ((loss,) + output) if loss is not None else output
         return DSNetSemanticSegmenterOutput(
             loss=loss,
             logits=logits,
@@ -814,7 +910,9 @@ class DSNetForSemanticSegmentation(DSNetPreTrainedModel):
         def upsample(t: torch.Tensor) -> torch.Tensor:
             return F.interpolate(t.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
 
-        if config.use_ohem:
+        if config.num_labels == 1:
+            main_loss = _binary_cross_entropy(upsample(logits), labels, ignore_index)
+        elif config.use_ohem:
             main_loss = ohem_cross_entropy(
                 upsample(logits), labels, config.ohem_threshold, config.ohem_min_kept, weight, ignore_index
             )
@@ -824,9 +922,12 @@ class DSNetForSemanticSegmentation(DSNetPreTrainedModel):
         auxiliary_losses = None
         if auxiliary_logits is not None:
             auxiliary_losses = tuple(
-                _weighted_cross_entropy(upsample(aux), labels, weight, ignore_index) for aux in auxiliary_logits
+                _binary_cross_entropy(upsample(aux), labels, ignore_index)
+                if config.num_labels == 1
+                else _weighted_cross_entropy(upsample(aux), labels, weight, ignore_index)
+                for aux in auxiliary_logits
             )
-            for aux_weight, aux_loss in zip(config.auxiliary_loss_weights, auxiliary_losses):
+            for aux_weight, aux_loss in zip(config.auxiliary_loss_weights, auxiliary_losses, strict=False):
                 loss = loss + aux_weight * aux_loss
         return loss, main_loss, auxiliary_losses
 
@@ -845,11 +946,13 @@ class DSNetForSemanticSegmentation(DSNetPreTrainedModel):
         # avoid a synchronisation per step (the training data pipeline validates labels before they get there).
         if labels.device.type == "cpu" and not torch.compiler.is_compiling():
             ignore_index = self.config.semantic_loss_ignore_index
-            bad = ((labels < 0) | (labels >= self.config.num_labels)) & (labels != ignore_index)
+            num_labels = self.config.num_labels
+            binary = " (binary segmentation: 0 or 1)" if num_labels == 1 else ""
+            bad = ((labels < 0) | (labels >= max(num_labels, 2))) & (labels != ignore_index)
             if bool(bad.any()):
                 values = torch.unique(labels[bad])[:10].tolist()
                 raise ValueError(
-                    f"labels contain values {values} outside [0, num_labels={self.config.num_labels}) that are not "
+                    f"labels contain values {values} outside [0, num_labels={num_labels}){binary} that are not "
                     f"the ignore index {ignore_index}. Map void classes to {ignore_index} (or set "
                     "config.semantic_loss_ignore_index), or load the model with the right num_labels."
                 )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,21 @@ def configuration_dir() -> Path:
             f"msaf_hf's configuration folder (presets and recipes) is missing: expected {source} in a source "
             "checkout, or msaf_hf/configuration in an installed copy. Reinstall with `pip install -e .`."
         ) from error
+
+
+def find_configuration_file(path: str | os.PathLike) -> Path | None:
+    """``path`` when it is a file; else, for a bare file name, the packaged configuration file of that name (so
+    ``camvid_id2label.json`` or ``quickstart.yaml`` work from an installed package); else None."""
+    file = Path(path)
+    if file.is_file():
+        return file
+    if file.parent != Path("."):
+        return None
+    try:
+        packaged = configuration_dir() / file.name
+    except (FileNotFoundError, TypeError):
+        return None
+    return packaged if packaged.is_file() else None
 
 
 def list_presets() -> list[str]:

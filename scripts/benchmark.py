@@ -50,6 +50,7 @@ from msaf_hf.benchmarking import (  # noqa: E402
     COMPILE_MODES,
     DSNET_PRESETS,
     DTYPES,
+    ENGINE_VARIANTS,
     INFERENCE_VARIANTS,
     MEMORY_FORMATS,
     MODEL_NAMES,
@@ -90,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     inference = modes.add_parser("inference", help="forward latency and images/s")
     _common_arguments(inference)
-    inference.add_argument("--variants", nargs="+", choices=INFERENCE_VARIANTS, default=list(INFERENCE_VARIANTS),
-                           help="DSNet variants (SegFormer is always 'eval')")
+    inference.add_argument("--variants", nargs="+", choices=INFERENCE_VARIANTS + ENGINE_VARIANTS,
+                           default=list(INFERENCE_VARIANTS),
+                           help="DSNet variants (SegFormer is always 'eval'); the engine variants export the same "
+                                "weights to OpenVINO / ONNX Runtime (msaf_hf.engines; needs the extras)")
     inference.add_argument("--memory-format", nargs="+", choices=MEMORY_FORMATS, default=["auto"],
                            help="auto: contiguous for eval, channels-last for deploy (as to_deploy leaves it)")
     inference.add_argument("--number", type=int, default=1, help="calls per timed repeat (use >1 on GPUs)")
@@ -104,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--channels-last", choices=("no", "yes", "both"), default="both")
 
     metrics = modes.add_parser(
-        "metrics", help="evaluation metrics (msaf_hf.metrics) vs torchmetrics / scikit-learn, CamVid-sized data"
+        "metrics",
+        help="evaluation metrics (msaf_hf.evaluation.metrics) vs torchmetrics / scikit-learn, CamVid-sized data",
     )
     metrics.add_argument("--num-samples", type=int, default=101)
     metrics.add_argument("--height", type=int, default=360)
@@ -147,7 +151,16 @@ def _format_row(result: dict[str, Any], reference: dict[str, Any] | None) -> lis
         f"{result['images_per_s']:.3f}" if result["images_per_s"] < 10 else f"{result['images_per_s']:.1f}",
         speedup,
         "-" if paired is None else f"{paired:.2f}x",
+        _format_check(result.get("engine_check")),
     ]
+
+
+def _format_check(check: dict[str, Any] | None) -> str:
+    """An engine's logits against the torch eval model on one random input: max relative difference, argmax
+    agreement."""
+    if not check:
+        return "-"
+    return f"{check['max_relative_difference']:.1e} / {100 * check['argmax_agreement']:.2f}%"
 
 
 def paired_speedup(result: dict[str, Any], reference: dict[str, Any]) -> float | None:
@@ -157,22 +170,22 @@ def paired_speedup(result: dict[str, Any], reference: dict[str, Any]) -> float |
     times, reference_times = result["latency"]["times_s"], reference["latency"]["times_s"]
     if not (result.get("interleaved") and reference.get("interleaved")) or len(times) != len(reference_times):
         return None
-    return statistics.median(r / t for r, t in zip(reference_times, times))
+    return statistics.median(r / t for r, t in zip(reference_times, times, strict=False))
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
     """One row per result; `vs first` compares images/s with the first row of the same model (ratio of medians),
     `paired` is the same comparison as the median of per-round ratios (see `paired_speedup`)."""
     header = ["model", "variant", "format", "dtype", "compile", "input", "params(M)", "GFLOPs/img",
-              "median ms", "min-max ms", "img/s", "vs first", "paired"]
+              "median ms", "min-max ms", "img/s", "vs first", "paired", "logits vs eval (rel / argmax)"]
     first: dict[str, dict[str, Any]] = {}
     rows = []
     for result in results:
         reference = first.setdefault(result["model"], result)
         rows.append(_format_row(result, None if reference is result else reference))
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) for row in rows]
     return "\n".join(lines)
 
 
@@ -188,6 +201,9 @@ def run_inference(args: argparse.Namespace) -> list[dict[str, Any]]:
         for variant in variants:
             for memory_format in args.memory_format:
                 for compile_mode in args.compile:
+                    torch_side_variation = compile_mode != "none" or memory_format != args.memory_format[0]
+                    if variant in ENGINE_VARIANTS and torch_side_variation:
+                        continue  # an engine runs as exported: once, whatever the torch-side settings
                     cases.append(InferenceCase(name, variant, memory_format, compile_mode))
     print(f"# timing {len(cases)} variants{' round-robin' if not args.sequential else ''} ...", file=sys.stderr,
           flush=True)

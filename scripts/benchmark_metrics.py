@@ -40,12 +40,11 @@ from typing import Any
 import numpy as np
 import torch
 
-
 try:
-    from msaf_hf.metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
+    from msaf_hf.evaluation.metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
 except ImportError:  # running from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from msaf_hf.metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
+    from msaf_hf.evaluation.metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
 
 
 __all__ = ["make_benchmark_data", "run_metrics_benchmark", "format_table", "main"]
@@ -260,7 +259,7 @@ def run_metrics_benchmark(
     results: dict[str, dict[str, Any]] = {}
     outputs: dict[str, dict[str, Any]] = {}
     for name, implementation in implementations.items():
-        times, outputs[name] = _time(lambda: implementation(*args), repeats, warmup, torch_device)
+        times, outputs[name] = _time(lambda fn=implementation: fn(*args), repeats, warmup, torch_device)
         results[name] = {"times_s": times, "median_s": statistics.median(times)}
 
     reference = reference if reference is not None else outputs["msaf_hf"]

@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             space_info = push_space(args.space, args.repo_id, token=args.token, private=args.private,
                                     endpoint=args.endpoint, **space_kwargs)
         except Exception as exc:
-            print(f"error: Space push failed: {hub.redact(f'{type(exc).__name__}: {exc}', args.token)}", file=sys.stderr)
+            message = hub.redact(f"{type(exc).__name__}: {exc}", args.token)
+            print(f"error: Space push failed: {message}", file=sys.stderr)
             return 1
         print(space_info.commit_url)
     return 0

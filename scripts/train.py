@@ -3,7 +3,8 @@
 
     python scripts/train.py --config configuration/quickstart.yaml
     python scripts/train.py --config configuration/camvid.yaml --dataset_name ../shared/data/camvid
-    accelerate launch --config_file configuration/accelerate/multi_gpu.yaml scripts/train.py --config configuration/cityscapes.yaml
+    accelerate launch --config_file configuration/accelerate/multi_gpu.yaml scripts/train.py \\
+        --config configuration/cityscapes.yaml
 
 Any argument can come from the recipe (`--config`) and be overridden on the command line; `--help` lists them.
 """

@@ -66,4 +66,12 @@ def local_hub_client(
     monkeypatch.setattr(constants, "HF_HOME", str(home))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(constants, "HUGGINGFACE_HUB_CACHE", str(home / "hub"), raising=False)
+    # transformers keeps one HfApi, with the endpoint of its first use: a stale one points at an earlier test's
+    # (stopped) server, so each test starts without it.
+    try:
+        import transformers.utils.hub as transformers_hub
+    except ImportError:
+        pass
+    else:
+        monkeypatch.setattr(transformers_hub, "_hf_api", None, raising=False)
     yield local_hub

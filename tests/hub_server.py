@@ -151,6 +151,10 @@ class RequestRecord:
     user: str | None
     authenticated: bool
     fault: str | None = None
+    #: ``time.monotonic()`` when the request line was read, and when handling ended (response sent or dropped):
+    #: lets a test check which requests overlapped in time.
+    received_at: float = 0.0
+    finished_at: float = 0.0
 
 
 @dataclass
@@ -329,7 +333,7 @@ class HubStorage:
             if self.init_gitattributes:
                 content = DEFAULT_GITATTRIBUTES.encode()
                 tree[".gitattributes"] = _Entry(self.put_blob(content), len(content), False, git_blob_oid(content))
-            sha = self.write_commit(repo, parents=[], tree=tree, summary="initial commit", description="", author=author)
+            sha = self.write_commit(repo, parents=[], tree=tree, summary="initial commit", description="", author=author)  # noqa: E501
             repo.branches["main"] = sha
             self.save_repo(repo)
             return repo
@@ -839,7 +843,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw_path = split.path
         query = parse_qs(split.query, keep_blank_values=True)
         hub = self.hub
-        record = RequestRecord(method, self.path, 0, None, False)
+        record = RequestRecord(method, self.path, 0, None, False, received_at=time.monotonic())
         try:
             resp = self._apply_faults(method, raw_path, record)
             if resp is None and record.fault in ("drop", "aborted"):
@@ -851,6 +855,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             record.status = 0
         finally:
+            record.finished_at = time.monotonic()
             hub._record(record)
 
     def _apply_faults(self, method: str, raw_path: str, record: RequestRecord) -> _Response | None:

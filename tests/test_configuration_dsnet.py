@@ -85,7 +85,7 @@ def test_aff_needs_no_context_sizes():
     assert DSNetConfig(fusion_type="aff", fusion_context_sizes=[]).fusion_type == "aff"
 
 
-@pytest.mark.parametrize("head_type, decoder, skip, pyramid", [("head64", 2, 1, 4), ("head128", 4, 1, 4), ("head256", 8, 2, 8)])
+@pytest.mark.parametrize("head_type, decoder, skip, pyramid", [("head64", 2, 1, 4), ("head128", 4, 1, 4), ("head256", 8, 2, 8)])  # noqa: E501
 def test_head_widths(head_type, decoder, skip, pyramid):
     config = DSNetConfig(head_type=head_type, base_channels=8)
-    assert (config.decoder_channels, config.skip_channels, config.pyramid_channels) == (8 * decoder, 8 * skip, 8 * pyramid)
+    assert (config.decoder_channels, config.skip_channels, config.pyramid_channels) == (8 * decoder, 8 * skip, 8 * pyramid)  # noqa: E501

@@ -12,7 +12,12 @@ from conftest import PARITY_CASES, REPO_ROOT, load_fixture, require_reference
 from transformers import AutoModelForSemanticSegmentation
 
 import msaf_hf  # noqa: F401  (registers DSNet with the Auto classes)
-from msaf_hf.convert import convert_original_checkpoint, convert_to_folder, load_original_state_dict, rename_original_key
+from msaf_hf.convert import (
+    convert_original_checkpoint,
+    convert_to_folder,
+    load_original_state_dict,
+    rename_original_key,
+)
 
 EXPECTED_LAYOUTS = {
     "dsnet_head128_full": "training-checkpoint",
@@ -61,7 +66,7 @@ def test_command_line(tmp_path):
     reference = require_reference()
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "convert_original_checkpoint.py"),
-         str(reference / "dsnet_head128_full.pth"), str(tmp_path / "out"), "--variant", "dsnet_head128", "--num-labels", "19"],
+         str(reference / "dsnet_head128_full.pth"), str(tmp_path / "out"), "--variant", "dsnet_head128", "--num-labels", "19"],  # noqa: E501
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -152,3 +157,26 @@ def test_renaming_covers_the_published_state_dict():
         renamed = {rename_original_key(k): tuple(v) for k, v in keys.items()}
         assert set(renamed) == set(ours), name
         assert all(tuple(ours[k].shape) == shape for k, shape in renamed.items()), name
+
+
+def test_converted_training_checkpoint_from_pretrained_gives_the_published_training_loss(tmp_path, monkeypatch):
+    """The class weights are a non-persistent buffer no checkpoint carries: from_pretrained must rebuild them.
+    Memory the loader materialises is poisoned (NaN) so that a buffer left uninitialised fails every run."""
+    reference = require_reference()
+    tensors, meta = load_fixture("dsnet_head128_full")
+    convert_to_folder(reference / "dsnet_head128_full.pth", tmp_path)
+    real_empty_like = torch.empty_like
+    monkeypatch.setattr(
+        torch, "empty_like",
+        lambda t, *a, **k: real_empty_like(t, *a, **k).fill_(float("nan") if t.is_floating_point() else -7),
+    )
+    overrides = {k: meta[k] for k in ("ohem_min_kept", "ohem_threshold") if k in meta}
+    model = AutoModelForSemanticSegmentation.from_pretrained(tmp_path, **overrides).train()
+    torch.testing.assert_close(model.class_weights, torch.tensor(meta["class_weights"], dtype=torch.float32))
+    out = model(tensors["pixel_values"], labels=tensors["labels"])
+    for key, value in {"train.loss": out.loss, "train.loss_main_ohem": out.main_loss,
+                       "train.loss_aux_p": out.auxiliary_losses[0], "train.loss_aux_d": out.auxiliary_losses[1]}.items():  # noqa: E501
+        published = tensors[key].item()
+        relative = abs(value.item() - published) / abs(published)
+        print(f"{key}: ours {value.item():.6f} published {published:.6f} relative difference {relative:.2e}")
+        assert relative <= 1e-4, f"{key}: {value.item()} vs {published}"

@@ -27,7 +27,6 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 from msaf_hf import image_processing_dsnet
 from msaf_hf.image_processing_dsnet import DSNetImageProcessor
 
-
 MODULE_PATH = Path(image_processing_dsnet.__file__)
 
 # Heights/widths avoid 1, 3 and 4 so that the channel axis of HWC/CHW arrays is never ambiguous.
@@ -247,6 +246,42 @@ def test_rgba_is_composited_onto_white():
 
 
 # ---------------------------------------------------------------------- errors
+
+
+def test_16_bit_png_ramp_is_scaled_by_its_bit_depth(tmp_path):
+    ramp = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    PIL.Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    image = PIL.Image.open(tmp_path / "ramp.png")
+    assert image.mode in ("I;16", "I")
+    processor = DSNetImageProcessor(do_normalize=False)
+    expected = torch.from_numpy(ramp.astype(np.float64) / 65535.0)
+    for kind, value in (("PIL " + image.mode, image), ("numpy uint16", ramp), ("PIL I", image.convert("I"))):
+        pixels = processor(value, return_tensors="pt")["pixel_values"][0]
+        assert pixels.shape == (3, 256, 256), kind
+        assert torch.allclose(pixels.double(), expected.expand(3, -1, -1), atol=1e-6), kind  # no clipping at 255
+    # The 8-bit image of the same ramp gives the same values up to its quantisation.
+    eight_bit = processor(np.round(ramp / 257.0).astype(np.uint8), return_tensors="pt")["pixel_values"][0]
+    assert (eight_bit.double() - expected).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_float_input_already_in_0_1_warns_before_rescaling_again(caplog):
+    from transformers.utils import logging as hf_logging
+
+    image_processing_dsnet.logger.warning_once.cache_clear()
+    hf_logging.enable_propagation()
+    try:
+        processor = DSNetImageProcessor()
+        with caplog.at_level("WARNING"):
+            processor(np.random.default_rng(0).random((H, W, 3)).astype(np.float32))
+        assert "already rescaled" in caplog.text and "do_rescale=False" in caplog.text
+        image_processing_dsnet.logger.warning_once.cache_clear()
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            processor(np.random.default_rng(0).random((H, W, 3)).astype(np.float32), do_rescale=False)
+            processor((np.random.default_rng(0).random((H, W, 3)) * 255).astype(np.float32))
+        assert "already rescaled" not in caplog.text
+    finally:
+        hf_logging.disable_propagation()
 
 
 def test_error_when_map_count_differs_from_image_count():
@@ -469,3 +504,23 @@ def test_loads_as_hub_remote_code_without_msaf_hf(tmp_path):
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_channels_other_than_rgb_pass_with_matching_mean_and_std():
+    """A DSNetConfig(num_channels=4) model needs 4-channel inputs: kept with do_convert_rgb=False."""
+    processor = DSNetImageProcessor()
+    image = np.random.default_rng(0).integers(0, 256, (12, 16, 4), dtype=np.uint8)
+    mean, std = [0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]
+    pixel_values = processor(image, do_convert_rgb=False, image_mean=mean, image_std=std).pixel_values
+    expected = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]  # noqa: E501
+    torch.testing.assert_close(pixel_values[0], expected)
+    with pytest.raises(ValueError, match="4 channels but image_mean has 3 values"):
+        processor(image, do_convert_rgb=False)
+
+
+def test_one_label_logits_post_process_as_binary_segmentation():
+    logits = torch.tensor([[[[-1.0, 2.0], [0.5, -3.0]]]])  # (1, 1, 2, 2): a binary segmenter's foreground logit
+    (segmentation,) = DSNetImageProcessor().post_process_semantic_segmentation(logits)
+    assert segmentation.tolist() == [[0, 1], [1, 0]]  # argmax over one channel would be all 0
+    (resized,) = DSNetImageProcessor().post_process_semantic_segmentation(logits, target_sizes=[(4, 4)])
+    assert resized.shape == (4, 4) and set(resized.unique().tolist()) == {0, 1}

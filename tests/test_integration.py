@@ -72,7 +72,7 @@ def test_saved_folder_carries_remote_code(saved_model):
     assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_dsnet.DSNetImageProcessor"}
     for name in ("configuration_dsnet.py", "modeling_dsnet.py", "image_processing_dsnet.py"):
         source = (folder / name).read_text()
-        imports = {line.split()[1].split(".")[0] for line in source.splitlines() if line.startswith(("import ", "from "))}
+        imports = {line.split()[1].split(".")[0] for line in source.splitlines() if line.startswith(("import ", "from "))}  # noqa: E501
         assert imports <= {"__future__", "collections", "dataclasses", "typing", "torch", "transformers",
                            "huggingface_hub", "numpy", "PIL", "", "math"}, (name, imports)
 

@@ -112,7 +112,7 @@ def test_msaf_formula_and_weights():
     # the weights come from x + residual only, through the local, global and context paths
     summed = x + residual
     logits = fusion.local_attention(summed) + fusion.global_attention(summed.mean((2, 3), keepdim=True))
-    for size, path in zip(fusion.context_sizes, fusion.context_attentions):
+    for size, path in zip(fusion.context_sizes, fusion.context_attentions, strict=False):
         logits = logits + F.interpolate(path(F.adaptive_avg_pool2d(summed, size)), size=(8, 8), mode="nearest")
     torch.testing.assert_close(weights, torch.sigmoid(logits))
     assert torch.equal(fusion(x, residual), out)
@@ -162,7 +162,8 @@ def test_any_input_size(tiny_config, height, width):
     model = DSNetForSemanticSegmentation(tiny_config).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, height, width))
-    quarter = lambda n: -(-(-(-n // 2)) // 2)  # two stride-2 convolutions with padding 1: ceil twice
+    def quarter(n):
+        return -(-(-(-n // 2)) // 2)  # two stride-2 convolutions with padding 1: ceil twice  # noqa: B002
     assert out.logits.shape == (1, 5, quarter(height), quarter(width))
     assert torch.isfinite(out.logits).all()
 
@@ -190,7 +191,7 @@ def test_fusion_ablations(tiny_config):
     config = DSNetConfig(**{**tiny_config.to_dict(), "fusion_type": "add"})
     model = DSNetForSemanticSegmentation(config).eval()
     out = model(torch.randn(1, 3, 32, 32), output_attentions=True)
-    assert out.attentions == (None, None, None)
+    assert out.attentions == ()  # a plain sum has no fusion weights to record
     assert not any("fusions" in name for name, _ in model.named_parameters())
 
 
@@ -277,6 +278,16 @@ def test_wrong_channel_count_is_explained(tiny_config):
         model(torch.randn(1, 32, 32, 3))  # channels-last numpy layout
 
 
+def test_float64_input_is_explained(tiny_config):
+    model = DSNetForSemanticSegmentation(tiny_config).eval()
+    with pytest.raises(TypeError, match=r"pixel_values is torch.float64 but the model's weights are torch.float32.*"
+                                        r"pixel_values.to\(torch.float32\)"):
+        model(torch.rand(1, 3, 32, 32, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: autocast casts the input itself
+        assert model(torch.rand(1, 3, 32, 32, dtype=torch.bfloat16)).logits.shape[0] == 1
+    assert model.to(torch.float64)(torch.rand(1, 3, 32, 32, dtype=torch.float64)).logits.dtype == torch.float64
+
+
 def test_out_of_range_labels_are_explained(tiny_config):
     model = DSNetForSemanticSegmentation(tiny_config).train()
     labels = torch.randint(0, 5, (2, 32, 32))
@@ -296,3 +307,112 @@ def test_single_image_in_training_mode_is_explained(tiny_config):
         model(torch.randn(1, 3, 32, 32))
     model.eval()
     assert model(torch.randn(1, 3, 32, 32)).logits.shape[0] == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Correct wherever transformers runs the model (issue 9)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _poisoned_empty_like(monkeypatch):
+    """Make every tensor transformers materialises with `torch.empty_like` hold NaN (floats) or -7 (integers), so
+    that memory a loader leaves uninitialised is certainly wrong instead of wrong only when the allocator says so."""
+    real_empty_like = torch.empty_like
+
+    def poisoned(tensor, *args, **kwargs):
+        out = real_empty_like(tensor, *args, **kwargs)
+        return out.fill_(float("nan") if out.is_floating_point() else -7)
+
+    monkeypatch.setattr(torch, "empty_like", poisoned)
+
+
+def test_class_weights_are_rebuilt_after_meta_device_and_to_empty(tiny_config):
+    config = DSNetConfig(**{**tiny_config.to_dict(), "class_weights": [0.5, 1.0, 1.5, 2.0, 2.5]})
+    with torch.device("meta"):
+        model = DSNetForSemanticSegmentation(config)
+    model.to_empty(device="cpu")
+    model.class_weights.fill_(float("nan"))  # what uninitialised memory may hold
+    model.init_weights()
+    torch.testing.assert_close(model.class_weights, torch.tensor(config.class_weights))
+
+
+def test_class_weights_are_rebuilt_by_from_pretrained_and_from_config(tiny_config, tmp_path, monkeypatch):
+    from transformers import AutoModelForSemanticSegmentation
+
+    config = DSNetConfig(**{**tiny_config.to_dict(), "class_weights": [0.5, 1.0, 1.5, 2.0, 2.5]})
+    DSNetForSemanticSegmentation(config).save_pretrained(tmp_path)
+    _poisoned_empty_like(monkeypatch)
+    expected = torch.tensor(config.class_weights)
+    loaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.class_weights, expected)
+    torch.testing.assert_close(AutoModelForSemanticSegmentation.from_config(config).class_weights, expected)
+    labels = torch.randint(0, 5, (2, 32, 32))
+    assert torch.isfinite(loaded.train()(torch.randn(2, 3, 32, 32), labels=labels).loss)
+
+
+def test_shared_depth_one_trains(tiny_config):
+    config = DSNetConfig(**{**tiny_config.to_dict(), "shared_depth": 1})
+    model = DSNetForSemanticSegmentation(config).train()
+    out = model(torch.randn(2, 3, 32, 32), labels=torch.randint(0, 5, (2, 32, 32)))
+    out.loss.backward()  # failed with "modified by an inplace operation" (a ReLU applied in place twice)
+    assert model.dsnet.stem[0].conv.weight.grad.abs().sum() > 0
+
+
+def test_one_label_is_binary_segmentation(tiny_config):
+    config = DSNetConfig(**{**tiny_config.to_dict(), "num_labels": 1, "id2label": {0: "road"}})
+    model = DSNetForSemanticSegmentation(config).train()
+    labels = torch.randint(0, 2, (2, 32, 32))
+    labels[0, :8] = 255
+    pixel_values = torch.randn(2, 3, 32, 32)
+    out = model(pixel_values, labels=labels)
+    assert out.logits.shape == (2, 1, 8, 8)
+    valid = labels != 255
+    logits = _upsample(out.logits, (32, 32))[:, 0]
+    expected = F.binary_cross_entropy_with_logits(logits[valid], labels[valid].float())
+    torch.testing.assert_close(out.main_loss, expected)
+    assert out.loss > 0  # softmax cross-entropy over one class was always exactly 0
+    out.loss.backward()
+    assert model.decode_head.classifier.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"values \[2\].*binary segmentation"):
+        model(pixel_values, labels=torch.full((2, 32, 32), 2))
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_return_dict_false_is_to_tuple(tiny_config, labelled):
+    model = DSNetForSemanticSegmentation(tiny_config).train()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    kwargs = {"output_hidden_states": True, "output_attentions": True}
+    if labelled:
+        kwargs["labels"] = torch.randint(0, 5, (2, 32, 32))
+    torch.manual_seed(0)
+    as_dict = model(pixel_values, **kwargs)
+    torch.manual_seed(0)
+    as_tuple = model(pixel_values, return_dict=False, **kwargs)
+    expected = as_dict.to_tuple()
+    assert len(as_tuple) == len(expected) == (7 if labelled else 4)  # main_loss and auxiliary fields included
+    for ours, theirs in zip(as_tuple, expected, strict=False):
+        torch.testing.assert_close(ours, theirs)
+    encoder_tuple = model.dsnet(pixel_values, return_dict=False, **{k: v for k, v in kwargs.items() if k != "labels"})
+    assert len(encoder_tuple) == 5
+
+
+def test_gradient_checkpointing_gives_identical_gradients_and_statistics(tiny_config):
+    torch.manual_seed(0)
+    reference = DSNetForSemanticSegmentation(tiny_config).train()
+    checkpointed = DSNetForSemanticSegmentation(tiny_config).train()
+    checkpointed.load_state_dict(reference.state_dict())
+    checkpointed.activation_checkpointing_enable()
+    assert checkpointed.is_activation_checkpointing
+    calls = []
+    for block in (checkpointed.dsnet.shared_stage1[0], checkpointed.dsnet.fusions[0], checkpointed.dsnet.pyramid):
+        block._gradient_checkpointing_func = (lambda f: lambda *a, **k: calls.append(1) or f(*a, **k))(
+            block._gradient_checkpointing_func
+        )
+    pixel_values, labels = torch.randn(2, 3, 32, 32), torch.randint(0, 5, (2, 32, 32))
+    for model in (reference, checkpointed):
+        model(pixel_values, labels=labels).loss.backward()
+    assert len(calls) == 3  # the blocks really ran through the checkpoint function
+    for (name, a), b in zip(reference.named_parameters(), checkpointed.parameters(), strict=False):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, msg=name)
+    for (name, a), b in zip(reference.named_buffers(), checkpointed.buffers(), strict=False):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)  # recomputation does not update BatchNorms twice

@@ -46,8 +46,10 @@ def make_predict_fn(segmenter: Segmenter) -> Callable[..., tuple[Any, ...]]:
         present = [int(i) for i in np.argsort(-shares) if shares[i] > 0]
         legend = legend_image(segmenter.id2label, segmenter.palette, class_ids=present, shares=shares)
         share_values = {segmenter.id2label.get(i, f"class {i}"): float(shares[i]) for i in present}
-        latency = (f"**Latency:** {1000 * result.seconds:.1f} ms on {segmenter.device.type} "
-                   f"(preprocessing + forward + upsampling) for a {image.width}×{image.height} image")
+        latency = (
+            f"**Latency:** {1000 * result.seconds:.1f} ms on {segmenter.device.type} "
+            f"(preprocessing + forward + upsampling) for a {image.width}×{image.height} image"
+        )
         maps = []
         for index, weights in enumerate(result.fusion_weights or (), start=1):
             mean = float(np.mean(weights))
@@ -57,8 +59,13 @@ def make_predict_fn(segmenter: Segmenter) -> Callable[..., tuple[Any, ...]]:
     return predict
 
 
-def build_demo(segmenter: Segmenter, *, examples: Sequence[str] = (), title: str = "DSNet: see what DSNet sees",
-               description: str | None = None) -> Any:
+def build_demo(
+    segmenter: Segmenter,
+    *,
+    examples: Sequence[str] = (),
+    title: str = "DSNet: see what DSNet sees",
+    description: str | None = None,
+) -> Any:
     """The Gradio app (a ``gr.Blocks``; call ``.launch()``)."""
     import gradio as gr
 
@@ -75,11 +82,16 @@ def build_demo(segmenter: Segmenter, *, examples: Sequence[str] = (), title: str
         gr.Markdown(f"# {title}\n\n{description or _DESCRIPTION}\n\n*Classes:* {names}.")
         with gr.Row():
             with gr.Column():
-                image_input = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"], height=360,
-                                       elem_id="input-image")
+                image_input = gr.Image(
+                    type="pil", label="Image", sources=["upload", "clipboard"], height=360, elem_id="input-image"
+                )
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Colour opacity", elem_id="alpha")
-                show_fusion_maps = gr.Checkbox(label="Show MSAF fusion maps", value=False, elem_id="fusion-toggle",
-                                               visible=segmenter.supports_fusion_maps)
+                show_fusion_maps = gr.Checkbox(
+                    label="Show MSAF fusion maps",
+                    value=False,
+                    elem_id="fusion-toggle",
+                    visible=segmenter.supports_fusion_maps,
+                )
                 button = gr.Button("Segment", variant="primary", elem_id="segment-button")
                 if examples:
                     gr.Examples(examples=[[str(path)] for path in examples], inputs=[image_input], label="Examples")
@@ -88,8 +100,12 @@ def build_demo(segmenter: Segmenter, *, examples: Sequence[str] = (), title: str
                 latency = gr.Markdown(elem_id="latency")
                 legend_output = gr.Image(type="pil", label="Legend", interactive=False, elem_id="legend")
                 shares = gr.Label(label="Share of the image per class", elem_id="class-shares")
-        fusion_maps = gr.Gallery(label="MSAF fusion maps (red: detail branch trusted; blue: context branch)",
-                                 columns=3, visible=False, elem_id="fusion-maps")
+        fusion_maps = gr.Gallery(
+            label="MSAF fusion maps (red: detail branch trusted; blue: context branch)",
+            columns=3,
+            visible=False,
+            elem_id="fusion-maps",
+        )
         outputs = [overlay_output, legend_output, shares, latency, fusion_maps]
         inputs = [image_input, alpha, show_fusion_maps]
         button.click(run, inputs, outputs)

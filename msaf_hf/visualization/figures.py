@@ -16,6 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluation.results import (
+    CONFUSION_MATRIX_FIGURE,
+    FIGURE_TITLES,
+    PER_CLASS_IOU_FIGURE,
+    TRAINING_CURVES_FIGURE,
+    figures_in,
+)
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -30,16 +38,6 @@ __all__ = [
     "write_evaluation_figures",
     "write_result_figures",
 ]
-
-CONFUSION_MATRIX_FIGURE = "confusion_matrix.png"
-PER_CLASS_IOU_FIGURE = "per_class_iou.png"
-TRAINING_CURVES_FIGURE = "training_curves.png"
-#: File name -> caption, in the order the model card shows them.
-FIGURE_TITLES: dict[str, str] = {
-    PER_CLASS_IOU_FIGURE: "Per-class IoU",
-    CONFUSION_MATRIX_FIGURE: "Confusion matrix (each row normalised by the pixels of that class)",
-    TRAINING_CURVES_FIGURE: "Training loss and validation mIoU",
-}
 
 
 def _pyplot() -> Any:
@@ -74,8 +72,9 @@ def plot_confusion_matrix(confusion_matrix: Any, class_names: Sequence[str], pat
     side = min(max(4.0, 0.45 * n + 2.0), 24.0)
     fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=100)
     image = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_xticks(range(n), labels=class_names, rotation=60, ha="right", rotation_mode="anchor",
-                  fontsize=8 if n > 20 else 9)
+    ax.set_xticks(
+        range(n), labels=class_names, rotation=60, ha="right", rotation_mode="anchor", fontsize=8 if n > 20 else 9
+    )
     ax.set_yticks(range(n), labels=class_names, fontsize=8 if n > 20 else 9)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -85,8 +84,15 @@ def plot_confusion_matrix(confusion_matrix: Any, class_names: Sequence[str], pat
             for column in range(n):
                 value = normalised[row, column]
                 if not math.isnan(value) and value >= 0.005:
-                    ax.text(column, row, f"{100 * value:.0f}", ha="center", va="center", fontsize=7,
-                            color="white" if value > 0.5 else "black")
+                    ax.text(
+                        column,
+                        row,
+                        f"{100 * value:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if value > 0.5 else "black",
+                    )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class's pixels")
     try:
         return _save(fig, Path(path))
@@ -94,8 +100,12 @@ def plot_confusion_matrix(confusion_matrix: Any, class_names: Sequence[str], pat
         plt.close(fig)
 
 
-def plot_per_class_iou(per_class_iou: Sequence[float | None], class_names: Sequence[str], path: str | os.PathLike[str],
-                       mean_iou: float | None = None) -> Path:
+def plot_per_class_iou(
+    per_class_iou: Sequence[float | None],
+    class_names: Sequence[str],
+    path: str | os.PathLike[str],
+    mean_iou: float | None = None,
+) -> Path:
     """Horizontal bars of each class's IoU (in percent), with the mIoU as a dashed line. Classes without a value
     (absent from the data) are marked n/a."""
     plt = _require_pyplot()
@@ -105,9 +115,14 @@ def plot_per_class_iou(per_class_iou: Sequence[float | None], class_names: Seque
     positions = np.arange(n)
     bars = [0.0 if math.isnan(v) else 100 * v for v in values]
     ax.barh(positions, bars, color="#4c72b0")
-    for y, v in zip(positions, values):
-        ax.text((0.0 if math.isnan(v) else 100 * v) + 1, y, "n/a" if math.isnan(v) else f"{100 * v:.1f}",
-                va="center", fontsize=8)
+    for y, v in zip(positions, values, strict=False):
+        ax.text(
+            (0.0 if math.isnan(v) else 100 * v) + 1,
+            y,
+            "n/a" if math.isnan(v) else f"{100 * v:.1f}",
+            va="center",
+            fontsize=8,
+        )
     if mean_iou is None:
         finite = [v for v in values if not math.isnan(v)]
         mean_iou = sum(finite) / len(finite) if finite else None
@@ -136,14 +151,20 @@ def plot_training_curves(log_history: Sequence[Mapping[str, Any]], path: str | o
     plt = _require_pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.6), dpi=100)
     if loss:
-        axes[0].plot(*zip(*loss), color="#4c72b0", linewidth=1.2)
+        axes[0].plot(*zip(*loss, strict=False), color="#4c72b0", linewidth=1.2)
     axes[0].set(title="Training loss", xlabel="step", ylabel="loss")
     if miou:
-        steps, values = zip(*miou)
+        steps, values = zip(*miou, strict=False)
         axes[1].plot(steps, [100 * v for v in values], color="#55a868", marker="o", markersize=3, linewidth=1.2)
         best = max(range(len(values)), key=values.__getitem__)
-        axes[1].annotate(f"best {100 * values[best]:.1f}", (steps[best], 100 * values[best]), fontsize=8,
-                         textcoords="offset points", xytext=(-10, 6), ha="right")
+        axes[1].annotate(
+            f"best {100 * values[best]:.1f}",
+            (steps[best], 100 * values[best]),
+            fontsize=8,
+            textcoords="offset points",
+            xytext=(-10, 6),
+            ha="right",
+        )
     axes[1].set(title="Validation mIoU", xlabel="step", ylabel="mIoU (%)")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -192,10 +213,13 @@ def write_evaluation_figures(
     written: list[Path] = []
     jobs = []
     if confusion_matrix is not None and class_names:
-        jobs.append(lambda: plot_confusion_matrix(confusion_matrix, class_names, folder / f"{prefix}{CONFUSION_MATRIX_FIGURE}"))
+        jobs.append(
+            lambda: plot_confusion_matrix(confusion_matrix, class_names, folder / f"{prefix}{CONFUSION_MATRIX_FIGURE}")
+        )
     if per_class_iou is not None and class_names:
-        jobs.append(lambda: plot_per_class_iou(per_class_iou, class_names, folder / f"{prefix}{PER_CLASS_IOU_FIGURE}",
-                                               mean_iou))
+        jobs.append(
+            lambda: plot_per_class_iou(per_class_iou, class_names, folder / f"{prefix}{PER_CLASS_IOU_FIGURE}", mean_iou)
+        )
     if log_history:
         jobs.append(lambda: plot_training_curves(log_history, folder / f"{prefix}{TRAINING_CURVES_FIGURE}"))
     for job in jobs:
@@ -207,12 +231,6 @@ def write_evaluation_figures(
         if path is not None:
             written.append(path)
     return written
-
-
-def figures_in(folder: str | os.PathLike[str]) -> list[tuple[str, str]]:
-    """``(caption, file name)`` of the evaluation figures present in ``folder``, in card order."""
-    folder = Path(folder)
-    return [(title, name) for name, title in FIGURE_TITLES.items() if (folder / name).is_file()]
 
 
 def write_result_figures(

@@ -8,6 +8,7 @@ Self-contained (torch, transformers, numpy, PIL and sibling imports only): the d
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,7 +58,9 @@ def parse_size(value: str | int | Sequence[int] | None) -> tuple[int, int] | int
         except ValueError:
             raise ValueError(f"size: expected HxW (e.g. 512x1024) or N (shorter side), got {value!r}.") from None
     if len(numbers) not in (1, 2) or any(n <= 0 for n in numbers):
-        raise ValueError(f"size: expected HxW (e.g. 512x1024) or N (shorter side) with positive numbers, got {value!r}.")
+        raise ValueError(
+            f"size: expected HxW (e.g. 512x1024) or N (shorter side) with positive numbers, got {value!r}."
+        )
     return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])
 
 
@@ -82,8 +85,14 @@ class Segmenter:
         size: input size: ``(H, W)``, or an int for the shorter side (aspect kept); default: the processor's.
     """
 
-    def __init__(self, model: torch.nn.Module, image_processor: Any, *, device: str | torch.device | None = None,
-                 size: tuple[int, int] | int | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        image_processor: Any,
+        *,
+        device: str | torch.device | None = None,
+        size: tuple[int, int] | int | None = None,
+    ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.image_processor = image_processor
@@ -95,7 +104,8 @@ class Segmenter:
 
     @property
     def supports_fusion_maps(self) -> bool:
-        return getattr(self.model.config, "model_type", None) == "dsnet"
+        # An exported engine (msaf_hf.engines) returns logits only.
+        return getattr(self.model.config, "model_type", None) == "dsnet" and not hasattr(self.model, "engine_name")
 
     def _pixel_values(self, image: Image.Image) -> torch.Tensor:
         kwargs: dict[str, Any] = {}
@@ -130,13 +140,17 @@ class Segmenter:
             maps = []
             for row, index in enumerate(indices):
                 width, height = images[index].size
-                scores = F.interpolate(logits[row : row + 1], size=(height, width), mode="bilinear", align_corners=False)
+                scores = F.interpolate(
+                    logits[row : row + 1], size=(height, width), mode="bilinear", align_corners=False
+                )
                 maps.append(scores[0].argmax(dim=0))
             label_maps = [m.cpu().numpy().astype(np.int64) for m in maps]
             weights = None
             if fusion_maps:
-                weights = [[w[row].float().mean(dim=0).cpu().numpy() for w in outputs.attentions]
-                           for row in range(len(indices))]
+                weights = [
+                    [w[row].float().mean(dim=0).cpu().numpy() for w in outputs.attentions]
+                    for row in range(len(indices))
+                ]
             self._synchronize()
             seconds = (time.perf_counter() - start) / len(indices) + shared_seconds
             for row, index in enumerate(indices):
@@ -167,7 +181,9 @@ def load_segmenter(
         kwargs["revision"] = revision
     if token is not None:
         kwargs["token"] = token
-    model = AutoModelForSemanticSegmentation.from_pretrained(source, **kwargs)
+    model = _exported_engine_model(source)
+    if model is None:
+        model = AutoModelForSemanticSegmentation.from_pretrained(source, **kwargs)
     try:
         image_processor = AutoImageProcessor.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
@@ -176,3 +192,16 @@ def load_segmenter(
             "model (image_processor.save_pretrained(folder)) so that inputs are normalised as in training."
         ) from error
     return Segmenter(model, image_processor, device=device, size=parse_size(size))
+
+
+def _exported_engine_model(source: str) -> Any:
+    """The engine model of a folder written by ``scripts/export.py`` (OpenVINO / ONNX Runtime), else None. Needs
+    msaf_hf installed; a Space's copy of this module loads Hub models only."""
+    try:
+        from msaf_hf.engines import load_segmenter as load_engine_or_model
+        from msaf_hf.engines import read_engine_spec
+    except ImportError:
+        return None
+    if not os.path.isdir(source) or read_engine_spec(source) is None:
+        return None
+    return load_engine_or_model(source)

@@ -96,8 +96,10 @@ def parse_color(value: Any, where: str = "color") -> tuple[int, int, int]:
             except ValueError:
                 pass
         raise ValueError(f"{where}: expected '#rrggbb' or [r, g, b], got {value!r}.")
-    if isinstance(value, Sequence) and len(value) == 3 and all(
-        isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c <= 255 for c in value
+    if (
+        isinstance(value, Sequence)
+        and len(value) == 3
+        and all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c <= 255 for c in value)
     ):
         return int(value[0]), int(value[1]), int(value[2])
     raise ValueError(f"{where}: expected [r, g, b] with integers in 0..255 or '#rrggbb', got {value!r}.")

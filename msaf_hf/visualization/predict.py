@@ -40,14 +40,32 @@ from .rendering import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "InputItem", "PredictionSummary", "collect_inputs", "main",
-           "predict_images", "predict_video"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "InputItem",
+    "PredictionSummary",
+    "collect_inputs",
+    "main",
+    "predict_images",
+    "predict_video",
+]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".ts"})
 #: Suffixes of the files this command writes (so that its own outputs are never taken for inputs).
-OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg", "_overlay.mp4", "_timing.json", "_fusion1.jpg", "_fusion2.jpg",
-                   "_fusion3.jpg", "_fusion1.mp4", "_fusion2.mp4", "_fusion3.mp4")
+OUTPUT_SUFFIXES = (
+    "_mask.png",
+    "_overlay.jpg",
+    "_overlay.mp4",
+    "_timing.json",
+    "_fusion1.jpg",
+    "_fusion2.jpg",
+    "_fusion3.jpg",
+    "_fusion1.mp4",
+    "_fusion2.mp4",
+    "_fusion3.mp4",
+)
 
 
 @dataclass
@@ -81,9 +99,14 @@ def collect_inputs(inputs: Sequence[str]) -> tuple[list[InputItem], list[Path]]:
         path = Path(text)
         if path.is_dir():
             folders.append(path)
-            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
-                           and p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
-                           and not p.name.endswith(OUTPUT_SUFFIXES))
+            files = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and not p.name.startswith(".")
+                and p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+                and not p.name.endswith(OUTPUT_SUFFIXES)
+            )
             items += [InputItem(p, p.relative_to(path).with_suffix("").as_posix(), _kind(p)) for p in files]
         elif path.is_file():
             items.append(InputItem(path, path.stem, _kind(path)))
@@ -100,16 +123,22 @@ def collect_inputs(inputs: Sequence[str]) -> tuple[list[InputItem], list[Path]]:
         used[item.name.lower()] = count + 1
         if count:
             new_name = f"{item.name}-{count + 1}"
-            logger.warning("%s: another input is also named %r; writing its results as %r.", item.path, item.name, new_name)
+            logger.warning(
+                "%s: another input is also named %r; writing its results as %r.", item.path, item.name, new_name
+            )
             item.name = new_name
     return items, folders
 
 
 def _output_paths(item: InputItem, output_dir: Path, fusion_maps: bool) -> list[Path]:
     if item.kind == "video":
-        suffixes = ["_overlay.mp4", "_timing.json"] + (["_fusion1.mp4", "_fusion2.mp4", "_fusion3.mp4"] if fusion_maps else [])
+        suffixes = ["_overlay.mp4", "_timing.json"] + (
+            ["_fusion1.mp4", "_fusion2.mp4", "_fusion3.mp4"] if fusion_maps else []
+        )
     else:
-        suffixes = ["_mask.png", "_overlay.jpg"] + (["_fusion1.jpg", "_fusion2.jpg", "_fusion3.jpg"] if fusion_maps else [])
+        suffixes = ["_mask.png", "_overlay.jpg"] + (
+            ["_fusion1.jpg", "_fusion2.jpg", "_fusion3.jpg"] if fusion_maps else []
+        )
     return [output_dir / f"{item.name}{suffix}" for suffix in suffixes]
 
 
@@ -135,8 +164,9 @@ def check_output_dir(output_dir: Path, items: Sequence[InputItem], folders: Sequ
             raise ValueError(f"Writing {output_dir / fixed} would overwrite an input; choose another --output_dir.")
 
 
-def _read_images(items: Sequence[InputItem], summary: PredictionSummary,
-                 progress: Any = None) -> Iterator[tuple[InputItem, Image.Image]]:
+def _read_images(
+    items: Sequence[InputItem], summary: PredictionSummary, progress: Any = None
+) -> Iterator[tuple[InputItem, Image.Image]]:
     for item in items:
         try:
             with Image.open(item.path) as image:
@@ -152,8 +182,16 @@ def _read_images(items: Sequence[InputItem], summary: PredictionSummary,
                 progress.update(1)
 
 
-def _write_image_outputs(segmenter: Segmenter, item: InputItem, image: Image.Image, result: Any, output_dir: Path,
-                         alpha: float, summary: PredictionSummary, fusion_range: tuple[float, float]) -> None:
+def _write_image_outputs(
+    segmenter: Segmenter,
+    item: InputItem,
+    image: Image.Image,
+    result: Any,
+    output_dir: Path,
+    alpha: float,
+    summary: PredictionSummary,
+    fusion_range: tuple[float, float],
+) -> None:
     base = output_dir / item.name
     palette = segmenter.palette
     summary.written.append(save_palette_mask(result.label_map, palette, f"{base}_mask.png"))
@@ -163,10 +201,18 @@ def _write_image_outputs(segmenter: Segmenter, item: InputItem, image: Image.Ima
         summary.written.append(save_image(heatmap, f"{base}_fusion{index}.jpg"))
 
 
-def predict_images(segmenter: Segmenter, items: Sequence[InputItem], output_dir: Path, *, batch_size: int = 4,
-                   alpha: float = 0.5, fusion_maps: bool = False, progress: Any = None,
-                   summary: PredictionSummary | None = None,
-                   fusion_range: tuple[float, float] = FUSION_RANGE) -> PredictionSummary:
+def predict_images(
+    segmenter: Segmenter,
+    items: Sequence[InputItem],
+    output_dir: Path,
+    *,
+    batch_size: int = 4,
+    alpha: float = 0.5,
+    fusion_maps: bool = False,
+    progress: Any = None,
+    summary: PredictionSummary | None = None,
+    fusion_range: tuple[float, float] = FUSION_RANGE,
+) -> PredictionSummary:
     """Segment image inputs in batches and write their pictures (see the module docstring)."""
     summary = summary or PredictionSummary()
     batch: list[tuple[InputItem, Image.Image]] = []
@@ -175,7 +221,7 @@ def predict_images(segmenter: Segmenter, items: Sequence[InputItem], output_dir:
         start = time.perf_counter()
         results = segmenter.predict([image for _, image in batch], fusion_maps=fusion_maps)
         summary.model_seconds += time.perf_counter() - start
-        for (item, image), result in zip(batch, results):
+        for (item, image), result in zip(batch, results, strict=False):
             _write_image_outputs(segmenter, item, image, result, output_dir, alpha, summary, fusion_range)
         summary.images += len(batch)
         if progress is not None:
@@ -205,8 +251,12 @@ def timing_summary(per_frame_seconds: Sequence[float], wall_seconds: float, **ex
     out: dict[str, Any] = {"frames": len(ms), **extra}
     if ms:
         out["model_ms_per_frame"] = {
-            "mean": statistics.fmean(ms), "median": statistics.median(ms), "p90": _percentile(ms, 0.9),
-            "p99": _percentile(ms, 0.99), "min": min(ms), "max": max(ms),
+            "mean": statistics.fmean(ms),
+            "median": statistics.median(ms),
+            "p90": _percentile(ms, 0.9),
+            "p99": _percentile(ms, 0.99),
+            "min": min(ms),
+            "max": max(ms),
         }
         out["model_fps"] = 1000.0 / statistics.fmean(ms) if statistics.fmean(ms) > 0 else None
         out["end_to_end_fps"] = len(ms) / wall_seconds if wall_seconds > 0 else None
@@ -215,9 +265,18 @@ def timing_summary(per_frame_seconds: Sequence[float], wall_seconds: float, **ex
     return out
 
 
-def predict_video(segmenter: Segmenter, item: InputItem, output_dir: Path, *, batch_size: int = 4, alpha: float = 0.5,
-                  fusion_maps: bool = False, progress: Any = None, summary: PredictionSummary | None = None,
-                  fusion_range: tuple[float, float] = FUSION_RANGE) -> dict[str, Any]:
+def predict_video(
+    segmenter: Segmenter,
+    item: InputItem,
+    output_dir: Path,
+    *,
+    batch_size: int = 4,
+    alpha: float = 0.5,
+    fusion_maps: bool = False,
+    progress: Any = None,
+    summary: PredictionSummary | None = None,
+    fusion_range: tuple[float, float] = FUSION_RANGE,
+) -> dict[str, Any]:
     """Segment a video frame by frame (streamed, in batches) into ``NAME_overlay.mp4`` (+ fusion videos) and write
     ``NAME_timing.json``; returns the timing summary."""
     from .video import VideoReader, VideoWriter
@@ -236,7 +295,7 @@ def predict_video(segmenter: Segmenter, item: InputItem, output_dir: Path, *, ba
                 model_start = time.perf_counter()
                 results = segmenter.predict(batch, fusion_maps=fusion_maps)
                 summary.model_seconds += time.perf_counter() - model_start
-                for frame, result in zip(batch, results):
+                for frame, result in zip(batch, results, strict=False):
                     per_frame.append(result.seconds)
                     writers["overlay"].write(overlay(frame, result.label_map, segmenter.palette, alpha))
                     for index, weights in enumerate(result.fusion_weights or (), start=1):
@@ -257,9 +316,17 @@ def predict_video(segmenter: Segmenter, item: InputItem, output_dir: Path, *, ba
                 writer.abort()
             raise
         summary.written += [writer.close() for writer in writers.values()]
-        timing = timing_summary(per_frame, time.perf_counter() - start, video=str(item.path), codec=reader.codec_name,
-                                source_fps=float(reader.fps), width=reader.width, height=reader.height,
-                                batch_size=batch_size, device=str(segmenter.device))
+        timing = timing_summary(
+            per_frame,
+            time.perf_counter() - start,
+            video=str(item.path),
+            codec=reader.codec_name,
+            source_fps=float(reader.fps),
+            width=reader.width,
+            height=reader.height,
+            batch_size=batch_size,
+            device=str(segmenter.device),
+        )
     timing_path = Path(f"{base}_timing.json")
     timing_path.write_text(json.dumps(timing, indent=2) + "\n", encoding="utf-8")
     summary.written.append(timing_path)
@@ -274,29 +341,50 @@ def build_parser() -> argparse.ArgumentParser:
         prog="predict.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("model", help="a save_pretrained folder or a Hub model id")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders or globs ('imgs/*.jpg')")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image or video files, folders or globs ('imgs/*.jpg')"
+    )
     parser.add_argument("--output_dir", "--output-dir", required=True, type=Path, help="where the pictures go")
     parser.add_argument("--batch_size", "--batch-size", type=int, default=4, help="images (or frames) per forward pass")
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of the class colours in the overlay (0..1)")
-    parser.add_argument("--size", default=None,
-                        help="model input size: HxW (e.g. 512x1024) or N (shorter side, aspect kept); default: the "
-                             "image processor's (DSNet: the native image size)")
+    parser.add_argument(
+        "--size",
+        default=None,
+        help="model input size: HxW (e.g. 512x1024) or N (shorter side, aspect kept); default: the "
+        "image processor's (DSNet: the native image size)",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
-    parser.add_argument("--fusion-maps", "--fusion_maps", action="store_true",
-                        help="also write MSAF's three fusion-weight maps as heatmaps over each image")
-    parser.add_argument("--fusion-range", "--fusion_range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                        help="fusion weights mapped to the two ends of the heatmap colours (default 0.3 0.7)")
+    parser.add_argument(
+        "--fusion-maps",
+        "--fusion_maps",
+        action="store_true",
+        help="also write MSAF's three fusion-weight maps as heatmaps over each image",
+    )
+    parser.add_argument(
+        "--fusion-range",
+        "--fusion_range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="fusion weights mapped to the two ends of the heatmap colours (default 0.3 0.7)",
+    )
     parser.add_argument("--revision", default=None, help="Hub revision of the model")
-    parser.add_argument("--trust_remote_code", "--trust-remote-code", action="store_true",
-                        help="load the model code shipped with the checkpoint (not needed with msaf_hf installed)")
+    parser.add_argument(
+        "--trust_remote_code",
+        "--trust-remote-code",
+        action="store_true",
+        help="load the model code shipped with the checkpoint (not needed with msaf_hf installed)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def load_model_for_prediction(args: argparse.Namespace) -> Segmenter:
     """Where ``predict.py`` loads its model (swap in other model formats here)."""
-    return load_segmenter(args.model, device=args.device, size=args.size, revision=args.revision,
-                          trust_remote_code=args.trust_remote_code)
+    return load_segmenter(
+        args.model, device=args.device, size=args.size, revision=args.revision, trust_remote_code=args.trust_remote_code
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -342,29 +430,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --fusion-maps needs a DSNet model (the maps are its MSAF weights).", file=sys.stderr)
         return 2
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    summary.written.append(save_image(legend_image(segmenter.id2label, segmenter.palette), args.output_dir / "legend.png"))
+    summary.written.append(
+        save_image(legend_image(segmenter.id2label, segmenter.palette), args.output_dir / "legend.png")
+    )
     if args.fusion_maps:
-        summary.written.append(save_image(fusion_scale_image(value_range=fusion_range),
-                                          args.output_dir / "fusion_scale.png"))
+        summary.written.append(
+            save_image(fusion_scale_image(value_range=fusion_range), args.output_dir / "fusion_scale.png")
+        )
 
     start = time.perf_counter()
     images = [item for item in items if item.kind == "image"]
     videos = [item for item in items if item.kind == "video"]
     with tqdm(total=len(images), desc="images", unit="img", disable=args.no_progress or not images) as progress:
-        predict_images(segmenter, images, args.output_dir, batch_size=args.batch_size, alpha=args.alpha,
-                       fusion_maps=args.fusion_maps, progress=progress, summary=summary, fusion_range=fusion_range)
+        predict_images(
+            segmenter,
+            images,
+            args.output_dir,
+            batch_size=args.batch_size,
+            alpha=args.alpha,
+            fusion_maps=args.fusion_maps,
+            progress=progress,
+            summary=summary,
+            fusion_range=fusion_range,
+        )
     for item in videos:
         from .video import VideoError
 
         try:
             with tqdm(desc=item.path.name, unit="frame", disable=args.no_progress) as progress:
-                timing = predict_video(segmenter, item, args.output_dir, batch_size=args.batch_size, alpha=args.alpha,
-                                       fusion_maps=args.fusion_maps, progress=progress, summary=summary,
-                                       fusion_range=fusion_range)
+                timing = predict_video(
+                    segmenter,
+                    item,
+                    args.output_dir,
+                    batch_size=args.batch_size,
+                    alpha=args.alpha,
+                    fusion_maps=args.fusion_maps,
+                    progress=progress,
+                    summary=summary,
+                    fusion_range=fusion_range,
+                )
             ms = timing.get("model_ms_per_frame", {})
-            print(f"{item.path}: {timing['frames']} frames, model {ms.get('median', float('nan')):.1f} ms/frame "
-                  f"(median; p90 {ms.get('p90', float('nan')):.1f}), end to end {timing.get('end_to_end_fps') or 0:.1f} "
-                  f"fps -> {args.output_dir / item.name}_overlay.mp4")
+            print(
+                f"{item.path}: {timing['frames']} frames, model {ms.get('median', float('nan')):.1f} ms/frame "
+                f"(median; p90 {ms.get('p90', float('nan')):.1f}), end to end {timing.get('end_to_end_fps') or 0:.1f} "
+                f"fps -> {args.output_dir / item.name}_overlay.mp4"
+            )
         except VideoError as error:
             logger.error("%s", error)
             summary.skipped.append((item.path, str(error)))
@@ -373,8 +483,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = summary.images + summary.frames
     rate = done / summary.seconds if summary.seconds > 0 else float("nan")
     model_rate = done / summary.model_seconds if summary.model_seconds > 0 else float("nan")
-    print(f"{summary.images} images and {summary.frames} video frames in {summary.seconds:.2f} s: {rate:.2f} fps end "
-          f"to end, {model_rate:.2f} fps in the model ({segmenter.device}); results in {args.output_dir}")
+    print(
+        f"{summary.images} images and {summary.frames} video frames in {summary.seconds:.2f} s: {rate:.2f} fps end "
+        f"to end, {model_rate:.2f} fps in the model ({segmenter.device}); results in {args.output_dir}"
+    )
     if summary.skipped:
         print(f"skipped {len(summary.skipped)} unreadable file(s):")
         for path, reason in summary.skipped:

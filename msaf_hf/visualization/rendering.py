@@ -181,7 +181,7 @@ def legend_image(
     cell_width = swatch + 8 + text_width + 16
     image = Image.new("RGB", (8 + columns * cell_width, 8 + rows * row_height), (255, 255, 255))
     draw = ImageDraw.Draw(image)
-    for position, (class_id, text) in enumerate(zip(ids, labels)):
+    for position, (class_id, text) in enumerate(zip(ids, labels, strict=False)):
         column, row = divmod(position, rows)
         x, y = 8 + column * cell_width, 4 + row * row_height + 3
         color = tuple(int(c) for c in palette[class_id]) if class_id < len(palette) else (0, 0, 0)
@@ -233,8 +233,9 @@ def fusion_heatmap(
     return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
 
 
-def fusion_scale_image(width: int = 320, value_range: tuple[float, float] = FUSION_RANGE,
-                       font_size: int = 12) -> Image.Image:
+def fusion_scale_image(
+    width: int = 320, value_range: tuple[float, float] = FUSION_RANGE, font_size: int = 12
+) -> Image.Image:
     """A colour bar explaining the fusion heatmaps: context branch trusted (left) to detail branch trusted (right)."""
     font = _font(font_size)
     bar = _colormap(np.linspace(0.0, 1.0, width, dtype=np.float32))[None].repeat(16, axis=0)
@@ -247,6 +248,10 @@ def fusion_scale_image(width: int = 320, value_range: tuple[float, float] = FUSI
     right = f"detail: w={high:g}"
     draw.text((8 + width - int(draw.textlength(right, font=font)), y), right, fill=(20, 20, 20), font=font)
     middle = f"{(low + high) / 2:g}: equal"
-    draw.text((8 + (width - int(draw.textlength(middle, font=font))) // 2, y + font_size + 6), middle,
-              fill=(20, 20, 20), font=font)
+    draw.text(
+        (8 + (width - int(draw.textlength(middle, font=font))) // 2, y + font_size + 6),
+        middle,
+        fill=(20, 20, 20),
+        font=font,
+    )
     return image

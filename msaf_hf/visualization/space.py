@@ -103,9 +103,20 @@ def write_space(
 
     put("app.py", _APP.format(model_id=model_id, revision=revision, size=size, title=title))
     gradio_version = _gradio_version()
-    put("requirements.txt", "\n".join([
-        "torch>=2.4", "transformers>=5.0", "huggingface_hub>=1.0", "safetensors>=0.4", "numpy>=1.26", "pillow>=10.0",
-    ]) + "\n")  # gradio itself comes from the sdk_version in README.md
+    put(
+        "requirements.txt",
+        "\n".join(
+            [
+                "torch>=2.4",
+                "transformers>=5.0",
+                "huggingface_hub>=1.0",
+                "safetensors>=0.4",
+                "numpy>=1.26",
+                "pillow>=10.0",
+            ]
+        )
+        + "\n",
+    )  # gradio itself comes from the sdk_version in README.md
     metadata = {
         "title": title[:60],
         "emoji": "🚗",
@@ -162,7 +173,8 @@ def push_space(
     space_kwargs.setdefault("hub_url", endpoint or api.endpoint)
     with tempfile.TemporaryDirectory(prefix="dsnet-space-") as tmp:
         write_space(tmp, model_id, **space_kwargs)
-        info = api.upload_folder(repo_id=repo_url.repo_id, repo_type="space", folder_path=tmp,
-                                 commit_message=commit_message)
+        info = api.upload_folder(
+            repo_id=repo_url.repo_id, repo_type="space", folder_path=tmp, commit_message=commit_message
+        )
     logger.info("Pushed the demo Space to %s", info.commit_url)
     return info

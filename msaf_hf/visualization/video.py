@@ -73,7 +73,9 @@ class VideoReader:
             for frame in self._container.decode(self._stream):
                 yield frame.to_image()
         except av.error.FFmpegError as error:
-            raise VideoError(f"{self.path}: decoding failed after some frames ({error}); the file may be damaged.") from error
+            raise VideoError(
+                f"{self.path}: decoding failed after some frames ({error}); the file may be damaged."
+            ) from error
 
     def close(self) -> None:
         self._container.close()

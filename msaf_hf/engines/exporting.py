@@ -1,0 +1,307 @@
+"""Export DSNet to an inference engine folder: OpenVINO or ONNX Runtime, float32 or int8.
+
+    python scripts/export.py MODEL OUTPUT_DIR --engine {openvino,onnxruntime} --precision {fp32,int8}
+        [--height H --width W] [--calibration_dataset NAME_OR_FOLDER --calibration_split S --calibration_samples N]
+
+The model is exported in its deploy form (`to_deploy()`: BatchNorms folded, auxiliary heads dropped) as a
+`pixel_values -> logits` graph with a free batch size. OpenVINO converts it from PyTorch directly, which keeps the
+adaptive context pools of MSAF as OpenVINO's `AdaptiveAvgPool`: the export takes any input size. ONNX has no
+adaptive pool, so an ONNX Runtime export of an MSAF model is fixed to `--height`x`--width` (its
+preprocessor_config.json resizes to that size; another size is a clear error).
+
+int8 quantises with NNCF's post-training quantisation on calibration images, with the recipe of
+`msaf_hf.engines.quantization` (layers that break in int8 stay in float32; see docs/int8.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..export import SegmentationLogits, export_onnx, has_context_pools
+from ..modeling_dsnet import DSNetForSemanticSegmentation
+from ._dependencies import require
+from .modeling import ENGINE_CONFIG_KEY, ENGINE_FILES, ENGINES, PRECISIONS, EngineSpec, load_segmenter
+from .quantization import DEFAULT_RECIPE, RECIPES, QuantizationRecipe, load_calibration_images, quantize
+
+logger = logging.getLogger(__name__)
+
+_ALL_ENGINE_FILES = {name for files in ENGINE_FILES.values() for name in files}
+
+
+def _check_size(height: int, width: int) -> None:
+    if height < 16 or width < 16 or height % 8 or width % 8:
+        raise ValueError(
+            f"--height/--width must be multiples of 8 and at least 16 (got {height}x{width}): the sizes at which "
+            "DSNet matches the published model."
+        )
+
+
+def _deployed_copy(model: DSNetForSemanticSegmentation) -> DSNetForSemanticSegmentation:
+    if not isinstance(model, DSNetForSemanticSegmentation):
+        raise TypeError(f"export_to_engine needs a DSNetForSemanticSegmentation, got {type(model).__name__}.")
+    model = copy.deepcopy(model).float().eval()
+    if not model.config.deploy_mode:
+        model.to_deploy()
+    return model.to(memory_format=torch.contiguous_format)
+
+
+def _convert_openvino(model: torch.nn.Module, example: torch.Tensor, dynamic_spatial: bool):
+    ov = require("openvino")
+    shape = ov.PartialShape([-1, example.shape[1], -1, -1] if dynamic_spatial else [-1, *example.shape[1:]])
+    with torch.no_grad():
+        return ov.convert_model(SegmentationLogits(model).eval(), example_input=example, input=[shape])
+
+
+def _export_onnx_model(model: torch.nn.Module, path: Path, example: torch.Tensor):
+    for module in ("onnx", "onnxscript"):
+        require(module)
+    export_onnx(model, path, example, dynamic_batch=True, dynamic_spatial=not has_context_pools(model))
+    onnx = require("onnx")
+    return onnx.load(str(path))
+
+
+def _versions(engine: str, precision: str) -> dict[str, str]:
+    import transformers
+
+    from .. import __version__
+
+    versions = {"msaf_hf": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    modules = ["openvino"] if engine == "openvino" else ["onnxruntime", "onnx"]
+    if precision == "int8":
+        modules.append("nncf")
+    for name in modules:
+        versions[name] = getattr(require(name), "__version__", "unknown")
+    return versions
+
+
+def _install(staging: Path, output_dir: Path) -> None:
+    """Move the staged files into `output_dir`, replacing files of an earlier export (of any engine) there;
+    files that are not an export's are kept. Each file is moved with an atomic rename."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staged = {p.name for p in staging.iterdir()}
+    for stale in _ALL_ENGINE_FILES - staged:
+        (output_dir / stale).unlink(missing_ok=True)
+    # config.json last: a folder is only read as an export once its config names the engine files.
+    for name in sorted(staged, key=lambda n: n == "config.json"):
+        os.replace(staging / name, output_dir / name)
+
+
+def export_to_engine(
+    model: DSNetForSemanticSegmentation | str | os.PathLike,
+    output_dir: str | os.PathLike,
+    engine: str = "openvino",
+    precision: str = "fp32",
+    height: int = 512,
+    width: int = 1024,
+    calibration_images: Sequence[torch.Tensor] | None = None,
+    recipe: QuantizationRecipe | str | None = None,
+    image_processor: Any = None,
+    check: bool = True,
+) -> Path:
+    """Export a DSNet to `output_dir` for `engine` (`openvino` or `onnxruntime`) at `precision` (`fp32`/`int8`).
+
+    Args:
+        model: a `DSNetForSemanticSegmentation` or any `from_pretrained` source.
+        output_dir: the folder to write (created; an earlier export there is replaced).
+        engine, precision: see the module docstring.
+        height, width: the traced example size; the fixed input size where the engine cannot take any size.
+        calibration_images: for int8, normalised `(3, H, W)` or `(1, 3, H, W)` tensors, e.g. from
+            `load_calibration_images` (for a fixed-size engine they must be `height`x`width`).
+        recipe: the int8 recipe (a `QuantizationRecipe` or a name in `RECIPES`); default: `DEFAULT_RECIPE`.
+        image_processor: written as preprocessor_config.json (default: the model's own, or DSNet's default);
+            for a fixed-size engine it is set to resize to `height`x`width`.
+        check: run the export once on a random image and record its difference to the PyTorch model in the config.
+
+    Returns the output folder, loadable with `msaf_hf.engines.load_segmenter`.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    _check_size(height, width)
+    # Fail before any work when a package is missing; the error names the extra to install.
+    for module in (["openvino"] if engine == "openvino" else ["onnxruntime", "onnx", "onnxscript"]) + (
+        ["nncf"] if precision == "int8" else []
+    ):
+        require(module)
+    source = None
+    if not isinstance(model, torch.nn.Module):
+        source = str(model)
+        model = DSNetForSemanticSegmentation.from_pretrained(source)
+        if image_processor is None:
+            image_processor = _load_image_processor(source)
+    if precision == "int8":
+        if calibration_images is None:
+            raise ValueError("int8 export needs calibration images (--calibration_dataset).")
+        calibration_images = [
+            torch.as_tensor(x).reshape(-1, *torch.as_tensor(x).shape[-3:]) for x in calibration_images
+        ]
+        if not calibration_images:
+            raise ValueError("The calibration set is empty: int8 needs at least one calibration image.")
+    recipe = RECIPES[recipe] if isinstance(recipe, str) else (recipe or DEFAULT_RECIPE)
+    deployed = _deployed_copy(model)
+    dynamic_spatial = engine == "openvino" or not has_context_pools(deployed)
+    input_size = None if dynamic_spatial else (height, width)
+    if input_size is not None and calibration_images:
+        wrong = [tuple(x.shape[-2:]) for x in calibration_images if tuple(x.shape[-2:]) != input_size]
+        if wrong:
+            raise ValueError(
+                f"This {engine} export is fixed to {height}x{width}, but calibration images have size {wrong[0]}: "
+                "resize them to the export size (load_calibration_images(..., size=(height, width)))."
+            )
+    example = torch.randn(1, deployed.config.num_channels, height, width, generator=torch.Generator().manual_seed(0))
+
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.export-", dir=output_dir.parent))
+    try:
+        quantization_record = None
+        if engine == "openvino":
+            ov = require("openvino")
+            graph = _convert_openvino(deployed, example, dynamic_spatial)
+            if precision == "int8":
+                graph, quantization_record = quantize(graph, "openvino", calibration_images, recipe)
+            ov.save_model(graph, str(staging / ENGINE_FILES["openvino"][0]), compress_to_fp16=False)
+        else:
+            path = staging / ENGINE_FILES["onnxruntime"][0]
+            graph = _export_onnx_model(deployed, path, example)
+            if precision == "int8":
+                graph, quantization_record = quantize(graph, "onnxruntime", calibration_images, recipe)
+                require("onnx").save(graph, str(path))
+        spec = EngineSpec(
+            name=engine, precision=precision, input_size=input_size, example_size=(height, width),
+            quantization=quantization_record, versions=_versions(engine, precision),
+        )
+        config_values = model.config.to_dict()
+        for key in ("auto_map", "architectures", ENGINE_CONFIG_KEY):
+            config_values.pop(key, None)
+        config_values["architectures"] = [DSNetForSemanticSegmentation.__name__]
+        config_values[ENGINE_CONFIG_KEY] = spec.to_dict()
+        (staging / "config.json").write_text(json.dumps(config_values, indent=2, sort_keys=True) + "\n", "utf-8")
+        _write_image_processor(staging, image_processor, input_size)
+        if check:
+            report = compare_with_torch(staging, model.eval(), example)  # against the model as given (eval)
+            config_values[ENGINE_CONFIG_KEY]["check"] = report
+            (staging / "config.json").write_text(json.dumps(config_values, indent=2, sort_keys=True) + "\n", "utf-8")
+        _install(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("exported %s (%s, %s) to %s", source or type(model).__name__, engine, precision, output_dir)
+    return output_dir
+
+
+def _load_image_processor(source: str) -> Any:
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(source)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_image_processor(folder: Path, image_processor: Any, input_size: tuple[int, int] | None) -> None:
+    from ..image_processing_dsnet import DSNetImageProcessor
+
+    if image_processor is None:
+        image_processor = DSNetImageProcessor()
+    image_processor = copy.deepcopy(image_processor)
+    if input_size is not None:  # the engine takes one size: the processor brings every image to it
+        image_processor.do_resize = True
+        image_processor.size = {"height": input_size[0], "width": input_size[1]}
+    image_processor.save_pretrained(str(folder))
+    # Only the preprocessor config belongs in an engine folder (no remote code: the engine runs without it).
+    for stray in folder.glob("*.py"):
+        stray.unlink()
+    config_file = folder / "preprocessor_config.json"
+    values = json.loads(config_file.read_text("utf-8"))
+    values.pop("auto_map", None)
+    config_file.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n", "utf-8")
+
+
+def compare_with_torch(
+    folder: str | os.PathLike, model: torch.nn.Module, pixel_values: torch.Tensor, num_threads: int | None = None
+) -> dict[str, float]:
+    """Run an exported folder and `model` on `pixel_values`: the max |difference| of the logits relative to
+    max |torch logits|, and the share of pixels whose argmax class agrees."""
+    engine_model = load_segmenter(folder, num_threads=num_threads)
+    with torch.no_grad():
+        ours = engine_model(pixel_values=pixel_values).logits
+        reference = model.eval()(pixel_values=pixel_values).logits.float()
+    return {
+        "input_shape": list(pixel_values.shape),
+        "max_relative_difference": float((ours - reference).abs().max() / reference.abs().max().clamp_min(1e-30)),
+        "argmax_agreement": float((ours.argmax(1) == reference.argmax(1)).float().mean()),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Command line (scripts/export.py)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scripts/export.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", help="a from_pretrained source: save_pretrained folder or Hub model id")
+    parser.add_argument("output_dir", help="folder to write the engine files, config.json and preprocessor_config.json")
+    parser.add_argument("--engine", choices=ENGINES, default="openvino")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--height", type=int, default=512, help="example height (fixed input height for ONNX Runtime)")
+    parser.add_argument("--width", type=int, default=1024, help="example width (fixed input width for ONNX Runtime)")
+    parser.add_argument("--calibration_dataset", default=None,
+                        help="int8: a Hub dataset id, a local Hub-style dataset folder, or 'synthetic' (the package's "
+                             "generated shapes set, as in configuration/quickstart.yaml)")
+    parser.add_argument("--calibration_split", default="train", help="split of the calibration images")
+    parser.add_argument("--calibration_samples", type=int, default=300, help="calibration images (NNCF subset size)")
+    parser.add_argument("--calibration_size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="resize calibration images to H W (default: native size for OpenVINO, the export size "
+                             "for a fixed-size engine)")
+    parser.add_argument("--void_labels", type=int, nargs="*", default=None,
+                        help="label values that are void (e.g. 11 for CamVid), as in the training recipe")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE.name,
+                        help=f"int8 recipe (default {DEFAULT_RECIPE.name!r}: keeps accuracy; see docs/int8.md)")
+    parser.add_argument("--no_check", action="store_true", help="skip the parity check against PyTorch")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    model = DSNetForSemanticSegmentation.from_pretrained(args.model)
+    calibration = None
+    if args.precision == "int8":
+        if args.calibration_dataset is None:
+            raise SystemExit(
+                "--precision int8 needs --calibration_dataset (a Hub id, a dataset folder or 'synthetic')."
+            )
+        fixed = args.engine == "onnxruntime" and has_context_pools(model)
+        size = tuple(args.calibration_size) if args.calibration_size else ((args.height, args.width) if fixed else None)
+        calibration = load_calibration_images(
+            args.calibration_dataset, model.config, split=args.calibration_split, num_samples=args.calibration_samples,
+            size=size, void_labels=args.void_labels,
+        )
+    output = export_to_engine(
+        model, args.output_dir, engine=args.engine, precision=args.precision, height=args.height, width=args.width,
+        calibration_images=calibration, recipe=args.recipe, image_processor=_load_image_processor(args.model),
+        check=not args.no_check,
+    )
+    spec = json.loads((output / "config.json").read_text("utf-8"))[ENGINE_CONFIG_KEY]
+    size = "any size" if spec["input_size"] is None else "x".join(map(str, spec["input_size"]))
+    print(f"exported {args.model} -> {output} ({args.engine}, {args.precision}, input {size})")
+    if spec.get("check"):
+        check = spec["check"]
+        print(f"check on a random {check['input_shape']} input: max relative difference to PyTorch "
+              f"{check['max_relative_difference']:.2e}, argmax agreement {100 * check['argmax_agreement']:.3f}%")
+    return output

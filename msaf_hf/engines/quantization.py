@@ -1,0 +1,219 @@
+"""int8 post-training quantisation of exported DSNet graphs with NNCF, and the calibration data it needs.
+
+A `QuantizationRecipe` names the parts of DSNet kept in float32 as regular expressions over module paths of
+`DSNetForSemanticSegmentation` (`dsnet.fusions.0`, `decode_head.classifier`, ...). Every node of the engine graph
+records the module it came from (OpenVINO: in its name, `__module.model.<path>/aten::.../...`; ONNX: in the
+`pkg.torch.onnx.name_scopes` metadata), so one recipe applies to both engines. Which parts break in int8, and
+why the default recipe keeps what it keeps, is written down in docs/int8.md (measured with
+scripts/int8_sensitivity.py).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from ._dependencies import require
+
+
+@dataclass(frozen=True)
+class QuantizationRecipe:
+    """How to quantise: which module paths stay float32 and NNCF's options.
+
+    Args:
+        name: the recipe's name (recorded in the exported config).
+        keep_fp32: regular expressions; a graph node whose module path (e.g. `dsnet.fusions.1.local_attention.
+            reduce.conv`) matches one with `re.fullmatch` is not quantised.
+        preset: NNCF preset: `mixed` (symmetric weights, asymmetric activations) or `performance` (symmetric).
+        fast_bias_correction: NNCF's fast bias correction (re-centres each quantised layer's output).
+        description: one line for humans.
+    """
+
+    name: str
+    keep_fp32: tuple[str, ...] = ()
+    preset: str = "mixed"
+    fast_bias_correction: bool = True
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"keep_fp32": list(self.keep_fp32)}
+
+
+# MSAF's attention: the sigmoid weights and the products taken with them (ops of the MSAF module itself), and the
+# attention paths' 1x1 convolutions that produce the logits.
+MSAF_WEIGHTING = r"dsnet\.fusions\.\d+"
+MSAF_ATTENTION = r"dsnet\.fusions\.\d+(\..*)?"
+HEAD = r"decode_head(\..*)?"
+STEM = r"dsnet\.stem\.0(\..*)?"
+
+RECIPES: dict[str, QuantizationRecipe] = {
+    recipe.name: recipe
+    for recipe in (
+        QuantizationRecipe("naive", (), "performance", True, "NNCF's defaults: every layer int8 (loses accuracy)"),
+        QuantizationRecipe(
+            "accurate",
+            (MSAF_ATTENTION, HEAD),
+            "mixed",
+            True,
+            "MSAF fusions and the segmentation head in float32, asymmetric activations, fast bias correction",
+        ),
+    )
+}
+DEFAULT_RECIPE = RECIPES["accurate"]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Graph nodes -> module paths
+# ------------------------------------------------------------------------------------------------------------------
+
+_OPENVINO_PREFIX = "__module.model."  # SegmentationLogits wraps the model as `.model`
+
+
+def openvino_node_modules(graph: Any) -> dict[str, str]:
+    """Node name -> module path (relative to DSNetForSemanticSegmentation) for an OpenVINO model converted from
+    PyTorch; nodes outside any module map to ''."""
+    out = {}
+    for op in graph.get_ops():
+        name = op.get_friendly_name()
+        path = name.split("/", 1)[0]
+        out[name] = path[len(_OPENVINO_PREFIX):] if path.startswith(_OPENVINO_PREFIX) else ""
+    return out
+
+
+def onnx_node_modules(graph: Any) -> dict[str, str]:
+    """Node name -> module path for an ONNX model from torch's dynamo exporter (its `name_scopes` metadata)."""
+    out = {}
+    for node in graph.graph.node:
+        path = ""
+        for prop in node.metadata_props:
+            if prop.key == "pkg.torch.onnx.name_scopes":
+                scopes = [s for s in ast.literal_eval(prop.value) if s][:-1]  # the last entry is the op itself
+                path = scopes[-1] if scopes else ""
+                path = path[len("model."):] if path.startswith("model.") else ("" if path == "model" else path)
+        out[node.name] = path
+    return out
+
+
+def nodes_matching(node_modules: dict[str, str], patterns: Sequence[str]) -> list[str]:
+    """Names of the nodes whose module path matches one of `patterns` (`re.fullmatch`)."""
+    compiled = [re.compile(p) for p in patterns]
+    return sorted(name for name, path in node_modules.items() if path and any(c.fullmatch(path) for c in compiled))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Quantisation
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def quantize(
+    graph: Any,
+    engine: str,
+    calibration_images: Sequence[torch.Tensor],
+    recipe: QuantizationRecipe,
+    keep_fp32: Sequence[str] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Quantise an exported graph (an `openvino.Model` or an `onnx.ModelProto`) to int8 with NNCF.
+
+    `keep_fp32` overrides the recipe's patterns (used by the sensitivity study). Returns the quantised graph and a
+    record of what was done (recipe, number of calibration images, nodes kept in float32)."""
+    nncf = require("nncf")
+    if not calibration_images:
+        raise ValueError("The calibration set is empty: int8 needs at least one calibration image.")
+    patterns = recipe.keep_fp32 if keep_fp32 is None else tuple(keep_fp32)
+    if engine == "openvino":
+        node_modules = openvino_node_modules(graph)
+        items = [x.detach().float().cpu().numpy() for x in calibration_images]
+    elif engine == "onnxruntime":
+        node_modules = onnx_node_modules(graph)
+        input_name = graph.graph.input[0].name
+        items = [{input_name: x.detach().float().cpu().numpy()} for x in calibration_images]
+    else:
+        raise ValueError(f"engine must be 'openvino' or 'onnxruntime', got {engine!r}.")
+    ignored = nodes_matching(node_modules, patterns)
+    if patterns and not ignored:
+        raise ValueError(f"The recipe's keep_fp32 patterns {list(patterns)} match no node of the {engine} graph.")
+    preset = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}[recipe.preset]
+    quantized = nncf.quantize(
+        graph,
+        nncf.Dataset(items),
+        preset=preset,
+        subset_size=len(items),
+        fast_bias_correction=recipe.fast_bias_correction,
+        ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
+    )
+    record = {
+        "recipe": recipe.to_dict() | {"keep_fp32": list(patterns)},
+        "calibration_images": len(items),
+        "calibration_size": list(calibration_images[0].shape[-2:]),
+        "nodes_kept_fp32": len(ignored),
+    }
+    return quantized, record
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Calibration data
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def load_calibration_images(
+    dataset: str,
+    config: Any,
+    split: str = "train",
+    num_samples: int = 300,
+    size: tuple[int, int] | None = None,
+    void_labels: Sequence[int] | None = None,
+    seed: int = 0,
+) -> list[torch.Tensor]:
+    """Up to `num_samples` normalised `(1, 3, H, W)` images of a dataset split, as the evaluation transform makes
+    them (ImageNet normalisation; resized to `size` if given), spread evenly over the split.
+
+    `dataset` is a Hub dataset id, a local Hub-style folder, or `synthetic` (the package's generated shapes set,
+    the quickstart's data). The dataset's classes must be the model's (`config.num_labels`): a calibration set
+    from another label space is an error, as is an empty one. `void_labels` as in training (CamVid: 11)."""
+    from ..data import DataArguments, load_segmentation_data
+
+    if num_samples < 1:
+        raise ValueError(f"--calibration_samples must be at least 1, got {num_samples}.")
+    options: dict[str, Any] = {"eval_split": split, "train_split": split, "num_workers": 0}
+    if dataset == "synthetic":
+        options.update(synthetic=True, synthetic_num_labels=config.num_labels, synthetic_num_train=max(num_samples, 1),
+                       synthetic_num_eval=max(num_samples, 1), eval_split="validation", train_split="train")
+        if split not in ("train", "validation"):
+            raise ValueError(f"The synthetic calibration set has splits 'train' and 'validation', not {split!r}.")
+        options["eval_split"] = split
+    else:
+        options["dataset_name"] = dataset
+    if void_labels:
+        options["void_labels"] = list(void_labels)
+    if size is not None:
+        options["eval_size"] = [int(size[0]), int(size[1])]
+    data = load_segmentation_data(DataArguments(**options), seed=seed)
+    images = data.eval if data.eval is not None else data.train
+    if images is None or len(images) == 0:
+        raise ValueError(f"The calibration set ({dataset!r}, split {split!r}) is empty: int8 needs calibration images.")
+    if data.num_labels != config.num_labels:
+        raise ValueError(
+            f"The calibration set {dataset!r} has {data.num_labels} classes but the model predicts "
+            f"{config.num_labels}: calibrate on data of the model's own label set (and pass --void_labels as in its "
+            "training recipe, e.g. 11 for CamVid)."
+        )
+    count = min(num_samples, len(images))
+    indices = torch.linspace(0, len(images) - 1, count).round().long().unique().tolist()
+    return [images[i]["pixel_values"].unsqueeze(0).float() for i in indices]
+
+
+__all__ = [
+    "DEFAULT_RECIPE",
+    "QuantizationRecipe",
+    "RECIPES",
+    "load_calibration_images",
+    "nodes_matching",
+    "onnx_node_modules",
+    "openvino_node_modules",
+    "quantize",
+]

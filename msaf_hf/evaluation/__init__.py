@@ -1,0 +1,42 @@
+"""Evaluating DSNet: metrics, (distributed) evaluation, the results files and the ``scripts/evaluate.py`` command.
+
+* :mod:`.metrics`: ``SegmentationConfusionMatrix`` and the metrics computed from a confusion matrix;
+* :mod:`.evaluator`: :func:`evaluate` (every image scored once across processes) and :func:`predict` (test-time
+  augmentation);
+* :mod:`.results`: the one owner of ``eval_results.json`` / ``all_results.json`` (written and read there only);
+* :mod:`.cli`: ``EvaluationArguments`` and :func:`main`.
+
+Names are imported on first use, so ``msaf_hf.evaluation.results`` can be read without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "SegmentationConfusionMatrix": "metrics",
+    "metrics_from_confusion_matrix": "metrics",
+    "EvaluationResult": "evaluator",
+    "evaluate": "evaluator",
+    "format_results_table": "evaluator",
+    "predict": "evaluator",
+    "results_to_json": "evaluator",
+    "shard_indices": "evaluator",
+    "EvaluationArguments": "cli",
+    "main": "cli",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,45 @@
+"""Pushing a run's models to the Hub while it trains (``--push_to_hub``), through ``msaf_hf.hub``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .arguments import TrainingArguments
+
+
+class HubPushError(RuntimeError):
+    """Training finished and saved its model, but the final Hub push failed (after the pusher's retry)."""
+
+    def __init__(self, final_dir: Path, retry_command: str, error: Any) -> None:
+        self.final_dir, self.retry_command = final_dir, retry_command
+        super().__init__(
+            f"The final push to the Hub failed: {error}. The trained model is saved in {final_dir}; push just it "
+            f"with:\n    {retry_command}"
+        )
+
+
+def push_command(args: TrainingArguments, final_dir: Path, output_dir: Path) -> str:
+    import shlex
+
+    repo_id = args.hub_model_id or output_dir.resolve().name
+    script = Path(__file__).resolve().parents[2] / "scripts" / "push_to_hub.py"  # in a source checkout
+    relative = os.path.relpath(script) if script.is_file() else "scripts/push_to_hub.py"
+    words = ["python", relative if not relative.startswith("..") else str(script), str(final_dir), repo_id]
+    if args.hub_revision:
+        words += ["--branch", args.hub_revision]
+    if args.hub_private_repo:
+        words.append("--private")
+    words += ["--commit-message", "End of training"]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def make_pusher(args: TrainingArguments, output_dir: Path) -> Any:
+    if not args.push_to_hub:
+        return None
+    from ..hub import BackgroundPusher
+
+    repo_id = args.hub_model_id or output_dir.resolve().name
+    return BackgroundPusher(repo_id, private=bool(args.hub_private_repo), revision=args.hub_revision,
+                            strategy=args.hub_strategy)

@@ -1,0 +1,124 @@
+"""The package layout holds: no import cycles, dependencies one way (model <- data <- engines <- evaluation <- training
+-> hub; visualization beside the model, used by evaluation, training, the Hub card and the scripts),
+no private name imported across modules, no module over ~600 lines but the modeling file, a light `import msaf_hf`."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "msaf_hf"
+REMOTE_CODE = {"msaf_hf.configuration_dsnet", "msaf_hf.modeling_dsnet", "msaf_hf.image_processing_dsnet"}
+
+
+def _modules() -> dict[str, tuple[Path, bool]]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        found[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    return found
+
+
+def _imports(modules: dict[str, tuple[Path, bool]]) -> tuple[dict[str, set[str]], list[tuple[str, str, str]]]:
+    """{module: msaf_hf modules it imports (anywhere in its body)}, and (module, source, name) of private names."""
+    edges, private = {}, []
+    for name, (path, is_package) in modules.items():
+        package = name if is_package else name.rsplit(".", 1)[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    source = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    source = node.module or ""
+                if not source.startswith("msaf_hf"):
+                    continue
+                for alias in node.names:
+                    target = f"{source}.{alias.name}" if f"{source}.{alias.name}" in modules else source
+                    targets.add(target)
+                    if alias.name.startswith("_") and not alias.name.endswith("__") and target != name:
+                        private.append((name, source, alias.name))
+            elif isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names if alias.name.startswith("msaf_hf")}
+        # A package's __init__ re-exporting its own submodules is not a dependency of the package on them.
+        edges[name] = {
+            t for t in targets if t in modules and t != name and not (is_package and t.startswith(name + "."))
+        }
+    return edges, private
+
+
+RESULTS_SCHEMA = "msaf_hf.evaluation.results"
+LAYERS = ("data", "engines", "evaluation", "training", "hub", "visualization")
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "top"
+
+
+def test_no_import_cycles():
+    edges, _ = _imports(_modules())
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in edges[module]:
+            if state.get(target) == 1:
+                cycles.append(path[path.index(target):] + [target])
+            elif target not in state:
+                visit(target, path + [target])
+        state[module] = 2
+
+    for module in edges:
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
+
+
+def test_dependencies_point_one_way():
+    edges, _ = _imports(_modules())
+    wrong = []
+    for module, targets in edges.items():
+        for target in targets:
+            source_layer, target_layer = _layer(module), _layer(target)
+            if module in REMOTE_CODE and target not in REMOTE_CODE:
+                wrong.append((module, target))  # remote code imports only torch, transformers and its siblings
+            elif target_layer == "training" and source_layer != "training":
+                wrong.append((module, target))  # nothing imports training but its scripts
+            elif source_layer == "data" and target_layer in ("engines", "evaluation", "hub", "visualization"):
+                wrong.append((module, target))
+            elif source_layer == "engines" and target_layer in ("evaluation", "hub", "visualization"):
+                wrong.append((module, target))
+            elif source_layer == "visualization" and target_layer in ("data", "hub"):
+                wrong.append((module, target))
+            elif source_layer == "visualization" and target_layer == "evaluation" and target != RESULTS_SCHEMA:
+                wrong.append((module, target))  # pictures of results know the results schema only
+            elif source_layer == "evaluation" and target_layer == "hub":
+                wrong.append((module, target))
+            elif source_layer == "hub" and target_layer in ("data", "training"):
+                wrong.append((module, target))
+            elif source_layer == "hub" and target_layer == "evaluation" and target != RESULTS_SCHEMA:
+                wrong.append((module, target))  # the Hub reads the results schema only
+    assert wrong == []
+
+
+def test_no_private_name_is_imported_across_modules():
+    _, private = _imports(_modules())
+    assert private == []
+
+
+def test_modules_stay_small():
+    sizes = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, (path, _) in _modules().items()}
+    assert {name: size for name, size in sizes.items() if size > 600 and name != "msaf_hf.modeling_dsnet"} == {}
+
+
+def test_import_msaf_hf_stays_light():
+    heavy = ("datasets", "msaf_hf.data", "msaf_hf.training", "msaf_hf.evaluation.evaluator", "msaf_hf.hub")
+    code = f"import sys, msaf_hf; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
