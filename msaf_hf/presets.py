@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,13 @@ def configuration_dir() -> Path:
     source = Path(__file__).resolve().parent.parent / "configuration"
     if source.is_dir():
         return source
-    try:
-        return Path(str(resources.files("msaf_hf.configuration")))
-    except ModuleNotFoundError as error:
-        raise FileNotFoundError(
-            f"msaf_hf's configuration folder (presets and recipes) is missing: expected {source} in a source "
-            "checkout, or msaf_hf/configuration in an installed copy. Reinstall with `pip install -e .`."
-        ) from error
+    installed = Path(__file__).resolve().parent / "configuration"  # copied there by setup.py's build step
+    if installed.is_dir():
+        return installed
+    raise FileNotFoundError(
+        f"msaf_hf's configuration folder (presets and recipes) is missing: expected {source} in a source "
+        f"checkout, or {installed} in an installed copy. Reinstall with `pip install -e .`."
+    )
 
 
 def find_configuration_file(path: str | os.PathLike) -> Path | None:

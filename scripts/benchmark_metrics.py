@@ -4,7 +4,7 @@
 On CamVid-sized data (by default 101 label/prediction maps of 360x480, 11 classes, 10% ignored pixels) it
 times, in the same run and on the same data,
 
-* ``msaf_hf``: one :class:`~msaf_hf.metrics.SegmentationConfusionMatrix` giving mIoU, per-class IoU, pixel
+* ``msaf_hf``: one :class:`~msaf_hf.evaluation.metrics.SegmentationConfusionMatrix` giving mIoU, per-class IoU, pixel
   accuracy and mean class accuracy;
 * ``torchmetrics``: what it takes there to get the same four numbers, ``MulticlassJaccardIndex(average=None)``
   plus ``MulticlassAccuracy`` micro and macro, both with the default ``validate_args=True`` and with

@@ -40,7 +40,7 @@ from msaf_hf.engines.quantization import (
     openvino_node_modules,
     quantize,
 )
-from msaf_hf.metrics import SegmentationConfusionMatrix
+from msaf_hf.evaluation.metrics import SegmentationConfusionMatrix
 from msaf_hf.modeling_dsnet import DSNetForSemanticSegmentation
 
 # The blocks of DSNet, as module-path patterns (relative to DSNetForSemanticSegmentation).

@@ -2,7 +2,7 @@
 
 :func:`evaluate` scores a model on a dataset of ``{"pixel_values", "labels"}`` examples (``msaf_hf.data``):
 logits are upsampled bilinearly to each label map's size (the native annotation, whatever the input size),
-and a confusion matrix (``msaf_hf.metrics.SegmentationConfusionMatrix``) is accumulated on the device and
+and a confusion matrix (``msaf_hf.evaluation.metrics.SegmentationConfusionMatrix``) is accumulated on the device and
 summed across processes at the end.
 
 **Every image counts once.** With several processes each one takes the indices

@@ -28,7 +28,6 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -177,17 +176,17 @@ def load_card_inputs(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 def default_template_path() -> Path:
     """The Jinja2 model-card template: the repository's top-level ``model_card.md`` in a source checkout, else
-    the copy installed as package data (``msaf_hf.hub.templates``, mapped to that file in pyproject.toml)."""
+    the copy installed beside this module (``msaf_hf/hub/templates/model_card.md``, copied by setup.py)."""
     source = Path(__file__).resolve().parents[2] / "model_card.md"
     if source.is_file():
         return source
-    try:
-        return Path(str(resources.files("msaf_hf.hub.templates") / "model_card.md"))
-    except ModuleNotFoundError as error:
-        raise FileNotFoundError(
-            f"msaf_hf's model-card template is missing: expected {source} in a source checkout, or "
-            "msaf_hf/hub/templates/model_card.md in an installed copy. Reinstall with `pip install -e .`."
-        ) from error
+    installed = Path(__file__).resolve().parent / "templates" / "model_card.md"
+    if installed.is_file():
+        return installed
+    raise FileNotFoundError(
+        f"msaf_hf's model-card template is missing: expected {source} in a source checkout, or {installed} in an "
+        "installed copy. Reinstall with `pip install -e .`."
+    )
 
 
 # ---------------------------------------------------------------------------------------------

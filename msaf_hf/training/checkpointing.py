@@ -36,7 +36,7 @@ class TrainerState:
     gradient_accumulation_steps: int = 1
     seed: int = 0
     max_steps: int = 0
-    run_id: str | None = None  # the run that wrote this state (msaf_hf.run_folder); None: before run ids
+    run_id: str | None = None  # the run that wrote this state (msaf_hf.training.run_folder); None: before run ids
     settings: dict[str, Any] = field(default_factory=dict)  # what changes the result (compared on resume)
     log_history: list[dict[str, Any]] = field(default_factory=list)
 

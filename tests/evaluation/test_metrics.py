@@ -1,4 +1,4 @@
-"""Tests for msaf_hf.metrics: confusion-matrix segmentation metrics."""
+"""Tests for msaf_hf.evaluation.metrics: confusion-matrix segmentation metrics."""
 
 import json
 import math

@@ -129,7 +129,8 @@ def test_evaluate_command_writes_figures_beside_the_json(tmp_path):
 
 @pytest.mark.slow
 def test_training_writes_figures_that_the_card_embeds_and_the_push_uploads(tmp_path, local_hub):
-    from msaf_hf.training import DataArguments, ModelArguments, TrainingArguments, train
+    from msaf_hf.data import DataArguments
+    from msaf_hf.training import ModelArguments, TrainingArguments, train
 
     output = train(
         ModelArguments(config_overrides="base_channels=4,ohem_min_kept=64"),
