@@ -312,3 +312,28 @@ def test_benchmark_engine_variants_are_validated():
         InferenceCase("dsnet", "openvino-fp32", compile_mode="default")
     with pytest.raises(ValueError, match="only the 'eval' variant"):
         InferenceCase("segformer-b0", "onnxruntime-fp32")
+
+
+@pytest.mark.slow
+def test_pictures_from_an_exported_folder_match_the_torch_model(exported, tiny_model, tmp_path):
+    """scripts/predict.py and the demo load models through msaf_hf.visualization.load_segmenter: an exported folder
+    runs as its engine (logits only, so no fusion maps) and predicts what the PyTorch model predicts."""
+    from transformers import AutoImageProcessor
+
+    from msaf_hf.visualization import Segmenter
+    from msaf_hf.visualization import load_segmenter as load_for_pictures
+
+    folder = exported("openvino", "fp32")
+    segmenter = load_for_pictures(str(folder), device="cpu")
+    assert isinstance(segmenter.model, OpenVINOSegmenter)
+    assert not segmenter.supports_fusion_maps
+    with pytest.raises(ValueError, match="fusion maps"):
+        segmenter.predict([PIL.Image.new("RGB", SIZE[::-1])], fusion_maps=True)
+
+    rng = np.random.default_rng(0)
+    images = [PIL.Image.fromarray(rng.integers(0, 256, (*SIZE, 3), dtype=np.uint8)) for _ in range(2)]
+    reference = Segmenter(tiny_model, AutoImageProcessor.from_pretrained(folder), device="cpu")
+    assert reference.supports_fusion_maps
+    for ours, theirs in zip(segmenter.predict(images), reference.predict(images), strict=True):
+        assert ours.label_map.shape == SIZE
+        assert (ours.label_map == theirs.label_map).mean() >= 0.999
