@@ -47,3 +47,17 @@ def tiny_config():
     from msaf_hf import load_preset
 
     return load_preset("dsnet", base_channels=4, num_labels=5, ohem_min_kept=64)
+
+
+@pytest.fixture
+def one_thread_and_fresh_accelerate_state():
+    """For modules that build Accelerators: one torch thread (tiny models gain nothing from threads, and OpenMP
+    threads slow to a crawl on a busy 2-core machine) and a fresh AcceleratorState after each test (every train()
+    and evaluation builds its own Accelerator)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)

@@ -27,15 +27,7 @@ from msaf_hf.evaluation import (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_and_fresh_accelerate_state():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
+pytestmark = pytest.mark.usefixtures("one_thread_and_fresh_accelerate_state")
 
 
 class ListDataset(torch.utils.data.Dataset):

@@ -42,16 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO_ROOT / "configuration").glob("*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_and_fresh_accelerate_state():
-    # Tiny models gain nothing from threads, and OpenMP threads slow to a crawl on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)  # every train() builds its own Accelerator
+pytestmark = pytest.mark.usefixtures("one_thread_and_fresh_accelerate_state")
 
 
 def tiny_run(output_dir: Path, **overrides) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
