@@ -1,6 +1,7 @@
 """Helpers to measure DSNet (and a transformers peer, SegFormer-B0): parameters, FLOPs, inference latency and
-throughput, and training throughput. `scripts/benchmark.py` is the command-line front end; the functions here
-return plain dictionaries so that results can be tabulated or written as JSON.
+throughput, in PyTorch and in the exported engines (training throughput: `msaf_hf.training.throughput`).
+`scripts/benchmark.py` is the command-line front end; the functions here return plain dictionaries so that results
+can be tabulated or written as JSON.
 
 Timing protocol: the callable is run `warmup` times untimed, then `repeats` times, each repeat timing `number`
 consecutive calls (the device is synchronised before and after each repeat). Latency is reported per call
@@ -10,7 +11,6 @@ consecutive calls (the device is synchronised before and after each repeat). Lat
 from __future__ import annotations
 
 import copy
-import math
 import os
 import platform
 import statistics
@@ -27,7 +27,8 @@ PEER_MODELS = ("segformer-b0",)
 MODEL_NAMES = DSNET_PRESETS + PEER_MODELS
 INFERENCE_VARIANTS = ("eval", "deploy")
 # Exported engines (msaf_hf.engines; DSNet only): exported from the same weights at the benchmarked size, run with
-# torch's thread count. int8 uses the default recipe, calibrated on a few random images (speed only).
+# torch's thread count. int8 is calibrated on a few random images (speed only) with the default recipe of
+# msaf_hf.engines.quantization, or the one an `InferenceCase` names.
 ENGINE_VARIANTS = ("openvino-fp32", "openvino-int8", "onnxruntime-fp32", "onnxruntime-int8")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
@@ -39,13 +40,18 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def build_model(name: str, num_labels: int = 19, seed: int = 0) -> nn.Module:
+def build_model(name: str, num_labels: int = 19, seed: int = 0, weights: str | None = None) -> nn.Module:
     """A randomly initialised model by name: a DSNet preset (`dsnet`, `dsnet-head64`, `dsnet-head256`,
     `dsnet-base`, with auxiliary heads as published) or the peer `segformer-b0` (transformers'
     `SegformerForSemanticSegmentation` with the B0 defaults of `SegformerConfig`). Nothing is downloaded.
 
-    DSNet's BatchNorms get non-trivial running statistics so that folding them is not a no-op."""
+    DSNet's BatchNorms get non-trivial running statistics so that folding them is not a no-op. With `weights` (a
+    `from_pretrained` source), a DSNet name loads that checkpoint instead (its own configuration and classes)."""
     torch.manual_seed(seed)
+    if name in DSNET_PRESETS and weights is not None:
+        from .modeling_dsnet import DSNetForSemanticSegmentation
+
+        return DSNetForSemanticSegmentation.from_pretrained(weights)
     if name in DSNET_PRESETS:
         from .modeling_dsnet import DSNetForSemanticSegmentation
         from .presets import load_preset
@@ -225,15 +231,39 @@ def time_callables(
 # ------------------------------------------------------------------------------------------------------------------
 
 
+# The float32 reference: one large 3x3 convolution in channels-last (oneDNN's fastest float32 path here), the
+# best rate float32 convolutions reach on this machine; measured 10-25% above a large matrix product on AVX2.
+PEAK_CONVOLUTION = {"channels": 256, "height": 64, "width": 128}
+PEAK_CONVOLUTION_FLOPS = 2 * 9 * 256 * 256 * 64 * 128
+
+
+def _peak_convolution_step() -> Callable[[], torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    channels, height, width = PEAK_CONVOLUTION.values()
+    x = torch.randn(1, channels, height, width, generator=generator).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(channels, channels, 3, 3, generator=generator).contiguous(memory_format=torch.channels_last)
+    return lambda: torch.nn.functional.conv2d(x, weight, padding=1)
+
+
+def measure_float32_peak(repeats: int = 5) -> float:
+    """FLOP/s of one large float32 3x3 convolution on the CPU with torch's current thread count (median of repeats):
+    the rate a convolutional network's float32 layers can hope for on this machine."""
+    with torch.inference_mode():
+        timing = time_callable(_peak_convolution_step(), "cpu", warmup=2, repeats=repeats)
+    return PEAK_CONVOLUTION_FLOPS / timing.median_s
+
+
 @dataclass
 class InferenceCase:
-    """One model variant to time: a model name, `eval` or `deploy`, a memory format (`auto`, `contiguous`,
-    `channels_last`) and a compile mode."""
+    """One model variant to time: a model name, `eval`, `deploy` or an engine variant (`openvino-int8`, ...), a
+    memory format (`auto`, `contiguous`, `channels_last`), a compile mode, and for an int8 engine the quantisation
+    recipe (a name in `msaf_hf.engines.RECIPES`; None: the default recipe)."""
 
     name: str
     variant: str = "eval"
     memory_format: str = "auto"
     compile_mode: str = "none"
+    recipe: str | None = None
 
     def __post_init__(self) -> None:
         if self.name not in MODEL_NAMES:
@@ -248,6 +278,8 @@ class InferenceCase:
             raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {self.memory_format!r}.")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}.")
+        if self.recipe is not None and not self.variant.endswith("-int8"):
+            raise ValueError(f"a quantisation recipe applies to the int8 engine variants, not {self.variant!r}.")
 
 
 def benchmark_inference_cases(
@@ -264,6 +296,8 @@ def benchmark_inference_cases(
     count_flops_too: bool = True,
     inductor_freezing: bool = False,
     interleave: bool = True,
+    dsnet_weights: str | None = None,
+    float32_peak: bool = False,
 ) -> list[dict[str, Any]]:
     """Parameters, FLOPs and forward latency / images per second of several model variants (no labels: the
     inference path, under `torch.inference_mode`).
@@ -272,7 +306,12 @@ def benchmark_inference_cases(
     repeat of each variant in turn), so that a change in background load on a shared machine hits all of them
     alike and their ratios stay meaningful; otherwise each variant is timed to completion in turn.
     `inductor_freezing` compiles with `torch._inductor.config.freezing` (weights as constants: on CPU,
-    prepacked oneDNN convolutions fused with their activations)."""
+    prepacked oneDNN convolutions fused with their activations). `dsnet_weights`: a `from_pretrained` source whose
+    weights the DSNet rows use instead of random ones (see `build_model`).
+
+    `float32_peak` (CPU): a large float32 convolution (`measure_float32_peak`) is timed in every round too, and each
+    record gets `float32_peak_flops` (its median FLOP/s) and `share_of_float32_peak` (the median over rounds of the
+    record's FLOP/s over the convolution's in the same round), so that drifting machine speed cancels."""
     if repeats < 1 or number < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1, number >= 1, warmup >= 0; got {repeats}, {number}, {warmup}.")
     device = torch.device(device)
@@ -292,10 +331,13 @@ def benchmark_inference_cases(
             import tempfile
 
             engine_dir = engine_dir or tempfile.TemporaryDirectory(prefix="msaf_hf-benchmark-")
-            prepared.append(_prepare_engine_case(case, engine_dir.name, shape, num_labels))
+            prepared.append(
+                _prepare_engine_case(case, engine_dir.name, shape, num_labels, count_flops_too, dsnet_weights)
+            )
             continue
         fmt = resolve_memory_format(case.memory_format, case.variant)
-        model = prepare_inference_model(build_model(case.name, num_labels), case.variant, device, dtype, fmt, "none")
+        model = build_model(case.name, num_labels, weights=dsnet_weights)
+        model = prepare_inference_model(model, case.variant, device, dtype, fmt, "none")
         record: dict[str, Any] = {
             "mode": "inference",
             "model": case.name,
@@ -309,6 +351,7 @@ def benchmark_inference_cases(
             "compile": case.compile_mode + ("+freezing" if case.compile_mode != "none" and inductor_freezing else ""),
             "params": count_parameters(model),
             "flops_per_image": count_flops(model, shape) / batch_size if count_flops_too else None,
+            "weights": dsnet_weights if is_dsnet(model) and dsnet_weights else "random",
         }
         if case.compile_mode != "none":
             model = torch.compile(model, mode=None if case.compile_mode == "default" else case.compile_mode)
@@ -324,11 +367,22 @@ def benchmark_inference_cases(
             record["first_call_s"] = time.perf_counter() - start
         prepared.append((record, step))
 
+    steps = [step for _, step in prepared]
+    float32_peak = float32_peak and device.type == "cpu"
+    if float32_peak:
+        steps.append(_peak_convolution_step())
     with torch.inference_mode():
-        timings = time_callables([step for _, step in prepared], device, warmup, repeats, number, interleave)
+        timings = time_callables(steps, device, warmup, repeats, number, interleave)
+    peak_flops = [PEAK_CONVOLUTION_FLOPS / t for t in timings[-1].times_s] if float32_peak else []
     results = []
     for (record, _), timing in zip(prepared, timings, strict=False):
         record.update(latency=timing.as_dict(), images_per_s=batch_size / timing.median_s, interleaved=interleave)
+        if peak_flops:
+            record["float32_peak_flops"] = statistics.median(peak_flops)
+            flops = record.get("flops_per_image")
+            if flops:
+                shares = [flops * batch_size / t / peak for t, peak in zip(timing.times_s, peak_flops, strict=False)]
+                record["share_of_float32_peak"] = statistics.median(shares)
         results.append(record)
     if engine_dir is not None:
         engine_dir.cleanup()
@@ -336,7 +390,12 @@ def benchmark_inference_cases(
 
 
 def _prepare_engine_case(
-    case: InferenceCase, folder: str, shape: tuple[int, int, int, int], num_labels: int
+    case: InferenceCase,
+    folder: str,
+    shape: tuple[int, int, int, int],
+    num_labels: int,
+    count_flops_too: bool,
+    weights: str | None = None,
 ) -> tuple[dict[str, Any], Callable[[], Any]]:
     """Export `case.name`'s weights (the same seed as the torch variants) to `case.variant`'s engine and return the
     benchmark record and the timed step. The export's parity check (max relative difference of the logits to the
@@ -349,22 +408,27 @@ def _prepare_engine_case(
         raise ValueError(f"variant {case.variant!r} needs a DSNet model, got {case.name!r}.")
     engine, precision = case.variant.split("-")
     batch_size, channels, height, width = shape
-    model = build_model(case.name, num_labels).eval()
+    model = build_model(case.name, num_labels, weights=weights).eval()
     calibration = None
     if precision == "int8":
         generator = torch.Generator().manual_seed(0)
         calibration = [torch.randn(1, channels, height, width, generator=generator) for _ in range(4)]
-    path = export_to_engine(model, os.path.join(folder, case.variant), engine=engine, precision=precision,
-                            height=height, width=width, calibration_images=calibration)
+    path = export_to_engine(model, os.path.join(folder, f"{case.variant}-{case.recipe}"), engine=engine,
+                            precision=precision, height=height, width=width, calibration_images=calibration,
+                            recipe=case.recipe)
     check = json.loads(open(os.path.join(path, "config.json"), encoding="utf-8").read())["engine"].get("check")
     engine_model = load_segmenter(path, num_threads=torch.get_num_threads())
     pixel_values = torch.randn(shape)
     record: dict[str, Any] = {
         "mode": "inference", "model": case.name, "variant": case.variant, "batch_size": batch_size,
         "height": height, "width": width, "dtype": "int8" if precision == "int8" else "float32", "device": "cpu",
-        "memory_format": "-", "compile": "none", "params": count_parameters(model), "flops_per_image": None,
-        "engine_check": check,
+        "memory_format": "-", "compile": "none", "params": count_parameters(model),
+        "flops_per_image": count_flops(model, shape) / batch_size if count_flops_too else None,  # the same network
+        "engine_check": check, "weights": weights or "random",
     }
+    if precision == "int8":
+        record["recipe"] = json.loads(open(os.path.join(path, "config.json"), encoding="utf-8").read())["engine"][
+            "quantization"]["recipe"]["name"]
 
     def step(engine_model: nn.Module = engine_model, pixel_values: torch.Tensor = pixel_values) -> Any:
         return engine_model(pixel_values=pixel_values).logits
@@ -384,136 +448,6 @@ def benchmark_inference(
 ) -> dict[str, Any]:
     """`benchmark_inference_cases` for a single variant (keyword arguments as there)."""
     return benchmark_inference_cases([InferenceCase(name, variant, memory_format, compile_mode)], **kwargs)[0]
-
-
-def random_labels(
-    batch_size: int,
-    height: int,
-    width: int,
-    num_labels: int,
-    ignore_index: int = 255,
-    device: str | torch.device = "cpu",
-) -> torch.Tensor:
-    """Random class ids with about 10% of the pixels set to `ignore_index`."""
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, num_labels, (batch_size, height, width), generator=generator)
-    labels[torch.rand(labels.shape, generator=generator) < 0.1] = ignore_index
-    return labels.to(device)
-
-
-@dataclass
-class TrainingCase:
-    """One training configuration to time: a model name, channels-last or not, a compile mode."""
-
-    name: str
-    channels_last: bool = False
-    compile_mode: str = "none"
-
-    def __post_init__(self) -> None:
-        if self.name not in MODEL_NAMES:
-            raise ValueError(f"Unknown model {self.name!r}; choose from {', '.join(MODEL_NAMES)}.")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}.")
-
-
-def _prepare_training_step(
-    case: TrainingCase,
-    height: int,
-    width: int,
-    batch_size: int,
-    dtype: torch.dtype,
-    device: torch.device,
-    num_labels: int,
-) -> tuple[dict[str, Any], Callable[[], torch.Tensor]]:
-    if batch_size < 2 and case.name in DSNET_PRESETS:
-        raise ValueError("DSNet training needs at least 2 images per batch (the pooled BatchNorms).")
-    fmt = torch.channels_last if case.channels_last else torch.contiguous_format
-    model = build_model(case.name, num_labels).to(device).to(memory_format=fmt).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    use_autocast = dtype != torch.float32
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    pixel_values = torch.randn(batch_size, 3, height, width, device=device).contiguous(memory_format=fmt)
-    labels = random_labels(batch_size, height, width, num_labels, device=device)
-    forward = model
-    if case.compile_mode != "none":
-        forward = torch.compile(model, mode=None if case.compile_mode == "default" else case.compile_mode)
-
-    def step() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=use_autocast):
-            loss = forward(pixel_values=pixel_values, labels=labels).loss
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return loss
-
-    record = {
-        "mode": "training",
-        "model": case.name,
-        "variant": "train",
-        "batch_size": batch_size,
-        "height": height,
-        "width": width,
-        "dtype": str(dtype).removeprefix("torch."),
-        "device": str(device),
-        "memory_format": "channels_last" if case.channels_last else "contiguous",
-        "compile": case.compile_mode,
-        "params": count_parameters(model),
-        "flops_per_image": None,
-    }
-    return record, step
-
-
-def benchmark_training_cases(
-    cases: list[TrainingCase],
-    height: int = 512,
-    width: int = 1024,
-    batch_size: int = 2,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    warmup: int = 1,
-    repeats: int = 3,
-    num_labels: int = 19,
-    interleave: bool = True,
-) -> list[dict[str, Any]]:
-    """Images per second of full training steps: forward with labels (the model's own loss; DSNet: the
-    published OHEM + auxiliary loss), backward, SGD step (lr 0.01, momentum 0.9, weight decay 5e-4, as
-    published). Float32 weights; with `dtype` float16/bfloat16 the forward runs under autocast (float16 with
-    a gradient scaler). No host synchronisation inside the step other than the model's own (DSNet: the
-    label-value check, for CPU labels only). With `interleave` the timed steps go round-robin over the cases
-    (see `benchmark_inference_cases`)."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0; got {repeats}, {warmup}.")
-    device = torch.device(device)
-    if any(case.compile_mode != "none" for case in cases):
-        import torch._dynamo.config as dynamo_config
-
-        torch._dynamo.reset()
-        dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 8 * len(cases))
-    prepared = []
-    for case in cases:
-        record, step = _prepare_training_step(case, height, width, batch_size, dtype, device, num_labels)
-        start = time.perf_counter()
-        record["first_loss"] = float(step().detach())  # pays for compilation and one-off allocations
-        synchronize(device)
-        record["first_call_s"] = time.perf_counter() - start
-        prepared.append((record, step))
-    timings = time_callables([step for _, step in prepared], device, warmup, repeats, interleave=interleave)
-    results = []
-    for (record, step), timing in zip(prepared, timings, strict=False):
-        final_loss = float(step().detach())
-        if not math.isfinite(final_loss):
-            raise RuntimeError(f"{record['model']}: the training loss became {final_loss} during the benchmark.")
-        record.update(latency=timing.as_dict(), images_per_s=batch_size / timing.median_s, interleaved=interleave)
-        results.append(record)
-    return results
-
-
-def benchmark_training(
-    name: str, channels_last: bool = False, compile_mode: str = "none", **kwargs: Any
-) -> dict[str, Any]:
-    """`benchmark_training_cases` for a single configuration (keyword arguments as there)."""
-    return benchmark_training_cases([TrainingCase(name, channels_last, compile_mode)], **kwargs)[0]
 
 
 def environment() -> dict[str, Any]:
@@ -549,15 +483,15 @@ __all__ = [
     "MEMORY_FORMATS",
     "MODEL_NAMES",
     "Timing",
+    "synchronize",
+    "time_callables",
     "benchmark_inference",
     "benchmark_inference_cases",
-    "benchmark_training",
-    "benchmark_training_cases",
-    "TrainingCase",
     "build_model",
     "count_flops",
     "count_parameters",
     "environment",
+    "measure_float32_peak",
     "prepare_inference_model",
     "resolve_memory_format",
     "time_callable",

@@ -13,6 +13,9 @@ Examples (CPU, the figures in the README):
   python scripts/benchmark.py inference --models dsnet segformer-b0 --variants eval deploy --height 512 --width 1024
   python scripts/benchmark.py inference --models dsnet --variants eval deploy --memory-format contiguous channels_last
   python scripts/benchmark.py inference --models dsnet --variants eval deploy --compile none default --freezing
+  python scripts/benchmark.py inference --models dsnet segformer-b0 --variants eval deploy openvino-fp32 \
+      openvino-int8 onnxruntime-fp32 onnxruntime-int8 --int8-recipes balanced accurate --compile none default \
+      --freezing --weights outputs/dsnet-published      # inference engines (needs the openvino/onnxruntime extras)
   python scripts/benchmark.py training --models dsnet --height 512 --width 1024 --batch-size 2 --channels-last both
   python scripts/benchmark.py metrics
 GPU (the paper's setting, 1024x2048, fp16; the paper reports 81.9 FPS for DSNet on an RTX 4090-class GPU):
@@ -25,6 +28,11 @@ background load on a shared machine hits them alike; the `vs first` column divid
 of the same model, and `paired` is the median over rounds of that ratio within each round (robust to load
 that drifts during the run). FLOPs come from torch.utils.flop_counter.FlopCounterMode (a multiply-add is 2 FLOPs;
 convolutions and matrix products only).
+
+Engine variants export the same weights (random, or `--weights`) to OpenVINO / ONNX Runtime at the benchmarked
+size (int8: one row per `--int8-recipes` recipe, calibrated on random inputs, so only its speed means anything) and
+report their logits against the eval model. For float32 on the CPU one large 3x3 convolution is timed in every
+round: each row's share of its FLOP/s shows how close the row runs to what float32 reaches on this machine.
 
 One table on stdout; `--json PATH` (or `--json -`) also writes every figure with the environment.
 """
@@ -55,11 +63,11 @@ from msaf_hf.benchmarking import (  # noqa: E402
     MEMORY_FORMATS,
     MODEL_NAMES,
     InferenceCase,
-    TrainingCase,
     benchmark_inference_cases,
-    benchmark_training_cases,
     environment,
 )
+from msaf_hf.engines.quantization import DEFAULT_RECIPE, RECIPES  # noqa: E402
+from msaf_hf.training.throughput import TrainingCase, benchmark_training_cases  # noqa: E402
 
 METRICS_SCRIPT = Path(__file__).resolve().parent / "benchmark_metrics.py"
 PAPER_FPS = {"dsnet": 81.9}  # DSNet at 1024x2048 on an RTX 4090-class GPU (published)
@@ -95,10 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
                            default=list(INFERENCE_VARIANTS),
                            help="DSNet variants (SegFormer is always 'eval'); the engine variants export the same "
                                 "weights to OpenVINO / ONNX Runtime (msaf_hf.engines; needs the extras)")
+    inference.add_argument("--int8-recipes", nargs="+", choices=sorted(RECIPES), default=[DEFAULT_RECIPE.name],
+                           help="quantisation recipes of the int8 engine variants (one row each; see docs/int8.md)")
     inference.add_argument("--memory-format", nargs="+", choices=MEMORY_FORMATS, default=["auto"],
                            help="auto: contiguous for eval, channels-last for deploy (as to_deploy leaves it)")
     inference.add_argument("--number", type=int, default=1, help="calls per timed repeat (use >1 on GPUs)")
     inference.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
+    inference.add_argument("--weights", default=None, metavar="SOURCE",
+                           help="DSNet weights to time (a from_pretrained folder or Hub id, e.g. a converted published "
+                                "checkpoint) instead of random ones; the DSNet rows use its configuration")
     inference.add_argument("--freezing", action="store_true",
                            help="compile with torch._inductor.config.freezing (CPU: prepacked, fused oneDNN convs)")
 
@@ -139,7 +152,7 @@ def _format_row(result: dict[str, Any], reference: dict[str, Any] | None) -> lis
     paired = paired_speedup(result, reference) if reference else None
     return [
         result["model"],
-        result["variant"],
+        result["variant"] + (f" ({result['recipe']})" if result.get("recipe") else ""),
         result["memory_format"],
         result["dtype"],
         result["compile"],
@@ -149,6 +162,7 @@ def _format_row(result: dict[str, Any], reference: dict[str, Any] | None) -> lis
         f"{latency['median_s'] * 1e3:.1f}",
         f"{latency['min_s'] * 1e3:.1f}-{latency['max_s'] * 1e3:.1f}",
         f"{result['images_per_s']:.3f}" if result["images_per_s"] < 10 else f"{result['images_per_s']:.1f}",
+        "-" if flops is None else f"{flops * result['images_per_s'] / 1e9:.0f}",
         speedup,
         "-" if paired is None else f"{paired:.2f}x",
         _format_check(result.get("engine_check")),
@@ -157,10 +171,13 @@ def _format_row(result: dict[str, Any], reference: dict[str, Any] | None) -> lis
 
 def _format_check(check: dict[str, Any] | None) -> str:
     """An engine's logits against the torch eval model on one random input: max relative difference, argmax
-    agreement."""
+    agreement; then both the engine's and torch float32's difference to the model run in float64."""
     if not check:
         return "-"
-    return f"{check['max_relative_difference']:.1e} / {100 * check['argmax_agreement']:.2f}%"
+    text = f"{check['max_relative_difference']:.1e} / {100 * check['argmax_agreement']:.2f}%"
+    if "max_relative_difference_to_float64" in check:
+        text += f" / {check['max_relative_difference_to_float64']:.1e} ({check['torch_float32_to_float64']:.1e})"
+    return text
 
 
 def paired_speedup(result: dict[str, Any], reference: dict[str, Any]) -> float | None:
@@ -177,7 +194,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
     """One row per result; `vs first` compares images/s with the first row of the same model (ratio of medians),
     `paired` is the same comparison as the median of per-round ratios (see `paired_speedup`)."""
     header = ["model", "variant", "format", "dtype", "compile", "input", "params(M)", "GFLOPs/img",
-              "median ms", "min-max ms", "img/s", "vs first", "paired", "logits vs eval (rel / argmax)"]
+              "median ms", "min-max ms", "img/s", "GFLOP/s", "vs first", "paired",
+              "logits vs eval: rel / argmax / vs float64 (eval's own)"]
     first: dict[str, dict[str, Any]] = {}
     rows = []
     for result in results:
@@ -186,6 +204,30 @@ def format_table(results: list[dict[str, Any]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) for row in rows]
+    return "\n".join(lines)
+
+
+def roofline(results: list[dict[str, Any]]) -> str:
+    """How close each row runs to what float32 convolutions reach here. A large float32 3x3 convolution, timed in
+    every round beside the variants (`msaf_hf.benchmarking.measure_float32_peak`), is the reference; each row's
+    share of its FLOP/s is the median over rounds, so drifting machine speed cancels. The first row's share
+    inverted is about the largest float32 speed-up over it this machine allows (a network's many smaller layers run
+    below the reference's rate; int8 is not bound by it)."""
+    peaks = [r["float32_peak_flops"] for r in results if "float32_peak_flops" in r]
+    lines = [f"# float32 peak here (one large 3x3 convolution, timed in every round): "
+             f"{statistics.median(peaks) / 1e9:.0f} GFLOP/s"]
+    first: dict[str, dict[str, Any]] = {}
+    for result in results:
+        reference = first.setdefault(result["model"], result)
+        share = result.get("share_of_float32_peak")
+        if share is None:
+            continue
+        label = result["variant"] + (f" ({result['recipe']})" if result.get("recipe") else "")
+        label += "" if result.get("compile", "none") == "none" else f" compiled ({result['compile']})"
+        line = f"# {result['model']} {label} ({result['dtype']}): {100 * share:.0f}% of the peak"
+        if reference is result and result["dtype"] == "float32":
+            line += f"; float32 can beat it by about {1 / share:.2f}x at most here"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -204,7 +246,8 @@ def run_inference(args: argparse.Namespace) -> list[dict[str, Any]]:
                     torch_side_variation = compile_mode != "none" or memory_format != args.memory_format[0]
                     if variant in ENGINE_VARIANTS and torch_side_variation:
                         continue  # an engine runs as exported: once, whatever the torch-side settings
-                    cases.append(InferenceCase(name, variant, memory_format, compile_mode))
+                    recipes = args.int8_recipes if variant.endswith("-int8") else [None]
+                    cases += [InferenceCase(name, variant, memory_format, compile_mode, recipe) for recipe in recipes]
     print(f"# timing {len(cases)} variants{' round-robin' if not args.sequential else ''} ...", file=sys.stderr,
           flush=True)
     return benchmark_inference_cases(
@@ -221,6 +264,8 @@ def run_inference(args: argparse.Namespace) -> list[dict[str, Any]]:
         count_flops_too=not args.no_flops,
         inductor_freezing=args.freezing,
         interleave=not args.sequential,
+        dsnet_weights=args.weights,
+        float32_peak=args.device == "cpu" and args.dtype == "float32",
     )
 
 
@@ -315,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# torch {env_before['torch']}, {env_before.get('cuda_device', env_before['processor'])}, "
           f"{env_before['torch_threads']} threads, load average before {_load(env_before)} / after {_load(env_after)}")
     print(format_table(results))
+    if any("share_of_float32_peak" in result for result in results):
+        print(roofline(results))
     for result in results:
         paper_setting = (result["height"], result["width"]) == (1024, 2048)
         if args.mode == "inference" and result["model"] in PAPER_FPS and paper_setting:

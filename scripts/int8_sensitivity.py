@@ -90,15 +90,17 @@ def per_layer_error(ov, core, fp32_graph, int8_graph, images, node_modules) -> d
     int8_ops = {op.get_friendly_name(): op for op in int8_copy.get_ops()}
     names = [n for n in names if n in int8_ops]
     fp32_ops = {op.get_friendly_name(): op for op in fp32_copy.get_ops()}
-    fp32_copy.add_outputs([fp32_ops[n].output(0) for n in names])
-    int8_copy.add_outputs([int8_ops[n].output(0) for n in names])
-    a = core.compile_model(fp32_copy, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    b = core.compile_model(int8_copy, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    # A model whose outputs are exactly these tensors, in this order (add_outputs would skip one that is already a
+    # result, such as the classifier's, and shift the indices).
+    probe_a = ov.Model([fp32_ops[n].output(0) for n in names], fp32_copy.get_parameters())
+    probe_b = ov.Model([int8_ops[n].output(0) for n in names], int8_copy.get_parameters())
+    a = core.compile_model(probe_a, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    b = core.compile_model(probe_b, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     errors: dict[str, list[float]] = {n: [] for n in names}
     for image in images:
         out_a, out_b = a(image.numpy()), b(image.numpy())
         for i, n in enumerate(names):
-            ref, got = out_a[i + 1], out_b[i + 1]
+            ref, got = out_a[i], out_b[i]
             errors[n].append(float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-12)))
     return {f"{node_modules.get(n, '')}": errors[n] for n in names}
 
@@ -108,6 +110,7 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--void_labels", type=int, nargs="*", default=None)
+    parser.add_argument("--id2label_file", default=None, help="class names, for a dataset that does not name them")
     parser.add_argument("--eval_split", default="validation")
     parser.add_argument("--calibration_split", default="train")
     parser.add_argument("--calibration_samples", type=int, default=64)
@@ -123,13 +126,16 @@ def main() -> None:
     model = DSNetForSemanticSegmentation.from_pretrained(args.model).eval()
     size = tuple(args.eval_size) if args.eval_size else None
     calibration = load_calibration_images(args.dataset, model.config, split=args.calibration_split,
-                                          num_samples=args.calibration_samples, size=size, void_labels=args.void_labels)
+                                          num_samples=args.calibration_samples, size=size, void_labels=args.void_labels,
+                                          id2label_file=args.id2label_file)
     options = dict(eval_split=args.eval_split, train_split=args.eval_split, num_workers=0,
                    eval_size=list(size) if size else None, max_eval_samples=args.max_eval_samples)
     options.update(synthetic=True, synthetic_num_labels=model.config.num_labels) if args.dataset == "synthetic" else \
         options.update(dataset_name=args.dataset)
     if args.void_labels:
         options["void_labels"] = args.void_labels
+    if args.id2label_file:
+        options["id2label_file"] = args.id2label_file
     if args.dataset == "synthetic":
         options.update(train_split="train")
     data = load_segmentation_data(DataArguments(**options))

@@ -257,6 +257,51 @@ def test_benchmark_script_reports_eval_and_deploy(tmp_path, capsys):
     assert deployed["params"] < evaluated["params"]  # BatchNorms and auxiliary heads are gone
     assert len(deployed["latency"]["times_s"]) == 2 and deployed["images_per_s"] > 0
     assert "paired" in table
+    # The float32 reference: a large convolution timed in the same rounds, each row's share of its FLOP/s.
+    assert evaluated["float32_peak_flops"] > 0 and 0 < evaluated["share_of_float32_peak"] < 5
+    assert "float32 peak here" in table and "float32 can beat it by about" in table
+
+
+def test_benchmark_times_given_weights(tmp_path, tiny_model):
+    module = _load_benchmark_script()
+    tiny_model.save_pretrained(tmp_path / "weights")
+    output = tmp_path / "benchmark.json"
+    arguments = ["inference", "--models", "dsnet", "--variants", "eval", "--height", "32", "--width", "32",
+                 "--warmup", "0", "--repeats", "1", "--weights", str(tmp_path / "weights"), "--json", str(output)]
+    assert module.main(arguments) == 0
+    (result,) = json.loads(output.read_text())["results"]
+    assert result["weights"] == str(tmp_path / "weights")
+    assert result["params"] == sum(p.numel() for p in tiny_model.parameters())  # the checkpoint, not the preset
+
+
+def test_benchmark_roofline_bounds_float32_by_the_first_rows_share_of_the_peak():
+    module = _load_benchmark_script()
+    row = {"model": "dsnet", "variant": "eval", "dtype": "float32", "float32_peak_flops": 125e9}
+    rows = [dict(row, share_of_float32_peak=0.8), dict(row, variant="openvino-fp32", share_of_float32_peak=0.95),
+            dict(row, variant="openvino-int8", recipe="balanced", dtype="int8", share_of_float32_peak=1.9)]
+    text = module.roofline(rows)
+    # eval runs at 80% of the reference convolution's FLOP/s: float32 can be about 1/0.8 = 1.25x faster at most.
+    assert "125 GFLOP/s" in text and "dsnet eval (float32): 80% of the peak" in text
+    assert "beat it by about 1.25x" in text and text.count("beat it") == 1  # for the first row only
+    assert "openvino-fp32 (float32): 95%" in text and "openvino-int8 (balanced) (int8): 190%" in text
+
+
+def test_benchmark_shares_of_the_float32_peak_are_paired_per_round(monkeypatch):
+    from msaf_hf import benchmarking
+
+    # Round 2 runs everything at half speed: the share of the peak must not move.
+    rounds = iter([1.0, 0.5, 2.0, 1.0])  # (model, reference convolution) for round 1, then for round 2
+
+    def fake_time_callables(fns, *args, **kwargs):
+        times = [next(rounds) for _ in range(4)]
+        return [benchmarking.Timing(times[0::2], 1), benchmarking.Timing(times[1::2], 1)]
+
+    monkeypatch.setattr(benchmarking, "time_callables", fake_time_callables)
+    monkeypatch.setattr(benchmarking, "count_flops", lambda model, shape: benchmarking.PEAK_CONVOLUTION_FLOPS / 2)
+    (result,) = benchmarking.benchmark_inference_cases([benchmarking.InferenceCase("dsnet-head64")], height=32,
+                                                        width=32, warmup=0, repeats=2, float32_peak=True)
+    assert result["share_of_float32_peak"] == pytest.approx(0.25)  # half the FLOPs in twice the time, both rounds
+    assert result["float32_peak_flops"] == pytest.approx(benchmarking.PEAK_CONVOLUTION_FLOPS * (1 / 0.5 + 1 / 1.0) / 2)
 
 
 def test_benchmark_paired_speedup_cancels_drifting_load():

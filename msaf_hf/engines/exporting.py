@@ -10,7 +10,8 @@ adaptive pool, so an ONNX Runtime export of an MSAF model is fixed to `--height`
 preprocessor_config.json resizes to that size; another size is a clear error).
 
 int8 quantises with NNCF's post-training quantisation on calibration images, with the recipe of
-`msaf_hf.engines.quantization` (layers that break in int8 stay in float32; see docs/int8.md).
+`msaf_hf.engines.quantization` (`--recipe`: `balanced` by default, `accurate` keeps the shared trunk in float32;
+see docs/int8.md).
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def export_to_engine(
         recipe: the int8 recipe (a `QuantizationRecipe` or a name in `RECIPES`); default: `DEFAULT_RECIPE`.
         image_processor: written as preprocessor_config.json (default: the model's own, or DSNet's default);
             for a fixed-size engine it is set to resize to `height`x`width`.
-        check: run the export once on a random image and record its difference to the PyTorch model in the config.
+        check: run the export once (fp32: on a random image; int8: on the first calibration image) and record its
+            difference to the PyTorch model in the config.
 
     Returns the output folder, loadable with `msaf_hf.engines.load_segmenter`.
     """
@@ -191,7 +193,10 @@ def export_to_engine(
         (staging / "config.json").write_text(json.dumps(config_values, indent=2, sort_keys=True) + "\n", "utf-8")
         _write_image_processor(staging, image_processor, input_size)
         if check:
-            report = compare_with_torch(staging, model.eval(), example)  # against the model as given (eval)
+            # int8 is checked on a real (calibration) image: on random noise its argmax says nothing.
+            probe = calibration_images[0][:1] if precision == "int8" else example
+            report = compare_with_torch(staging, model.eval(), probe)  # against the model as given (eval)
+            report["input"] = "the first calibration image" if precision == "int8" else "random normal"
             config_values[ENGINE_CONFIG_KEY]["check"] = report
             (staging / "config.json").write_text(json.dumps(config_values, indent=2, sort_keys=True) + "\n", "utf-8")
         _install(staging, output_dir)
@@ -233,15 +238,26 @@ def compare_with_torch(
     folder: str | os.PathLike, model: torch.nn.Module, pixel_values: torch.Tensor, num_threads: int | None = None
 ) -> dict[str, float]:
     """Run an exported folder and `model` on `pixel_values`: the max |difference| of the logits relative to
-    max |torch logits|, and the share of pixels whose argmax class agrees."""
+    max |torch logits|, and the share of pixels whose argmax class agrees.
+
+    Also against the model run in float64 (the exact result, up to float64 rounding), for the engine and for torch's
+    own float32: a float32 engine cannot be closer to torch float32 than float32 rounding allows, and on some weights
+    (large logits that nearly cancel) that floor is itself ~1e-4."""
     engine_model = load_segmenter(folder, num_threads=num_threads)
     with torch.no_grad():
-        ours = engine_model(pixel_values=pixel_values).logits
-        reference = model.eval()(pixel_values=pixel_values).logits.float()
+        ours = engine_model(pixel_values=pixel_values).logits.double()
+        reference = model.eval()(pixel_values=pixel_values).logits.double()
+        exact = copy.deepcopy(model).double()(pixel_values=pixel_values.double()).logits
+
+    def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
     return {
         "input_shape": list(pixel_values.shape),
-        "max_relative_difference": float((ours - reference).abs().max() / reference.abs().max().clamp_min(1e-30)),
+        "max_relative_difference": relative(ours, reference),
         "argmax_agreement": float((ours.argmax(1) == reference.argmax(1)).float().mean()),
+        "max_relative_difference_to_float64": relative(ours, exact),
+        "torch_float32_to_float64": relative(reference, exact),
     }
 
 
@@ -270,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "for a fixed-size engine)")
     parser.add_argument("--void_labels", type=int, nargs="*", default=None,
                         help="label values that are void (e.g. 11 for CamVid), as in the training recipe")
+    parser.add_argument("--id2label_file", default=None,
+                        help="class names of a calibration dataset that does not name them (e.g. camvid_id2label.json; "
+                             "packaged names are found too), as in the training recipe")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE.name,
                         help=f"int8 recipe (default {DEFAULT_RECIPE.name!r}: keeps accuracy; see docs/int8.md)")
     parser.add_argument("--no_check", action="store_true", help="skip the parity check against PyTorch")
@@ -290,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         size = tuple(args.calibration_size) if args.calibration_size else ((args.height, args.width) if fixed else None)
         calibration = load_calibration_images(
             args.calibration_dataset, model.config, split=args.calibration_split, num_samples=args.calibration_samples,
-            size=size, void_labels=args.void_labels,
+            size=size, void_labels=args.void_labels, id2label_file=args.id2label_file,
         )
     output = export_to_engine(
         model, args.output_dir, engine=args.engine, precision=args.precision, height=args.height, width=args.width,
@@ -302,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     print(f"exported {args.model} -> {output} ({args.engine}, {args.precision}, input {size})")
     if spec.get("check"):
         check = spec["check"]
-        print(f"check on a random {check['input_shape']} input: max relative difference to PyTorch "
-              f"{check['max_relative_difference']:.2e}, argmax agreement {100 * check['argmax_agreement']:.3f}%")
+        print(f"check on {check.get('input', 'a')} {check['input_shape']} input: max relative difference to PyTorch "
+              f"{check['max_relative_difference']:.2e}, argmax agreement {100 * check['argmax_agreement']:.3f}%; to "
+              f"float64 {check['max_relative_difference_to_float64']:.2e} (PyTorch float32's own: "
+              f"{check['torch_float32_to_float64']:.2e})")
     return output

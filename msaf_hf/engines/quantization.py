@@ -3,8 +3,8 @@
 A `QuantizationRecipe` names the parts of DSNet kept in float32 as regular expressions over module paths of
 `DSNetForSemanticSegmentation` (`dsnet.fusions.0`, `decode_head.classifier`, ...). Every node of the engine graph
 records the module it came from (OpenVINO: in its name, `__module.model.<path>/aten::.../...`; ONNX: in the
-`pkg.torch.onnx.name_scopes` metadata), so one recipe applies to both engines. Which parts break in int8, and
-why the default recipe keeps what it keeps, is written down in docs/int8.md (measured with
+`pkg.torch.onnx.name_scopes` metadata), so one recipe applies to both engines. Which parts of DSNet int8 hurts,
+and so what each recipe keeps in float32, is written down in docs/int8.md (measured with
 scripts/int8_sensitivity.py).
 """
 
@@ -44,27 +44,40 @@ class QuantizationRecipe:
         return asdict(self) | {"keep_fp32": list(self.keep_fp32)}
 
 
-# MSAF's attention: the sigmoid weights and the products taken with them (ops of the MSAF module itself), and the
-# attention paths' 1x1 convolutions that produce the logits.
+# The shared trunk: the stem's second convolution and the stages every later layer reads (at 1/4 and 1/8 of the
+# input). int8 error made here reaches both branches, MSAF and the head; docs/int8.md measures it as the part of
+# DSNet that int8 hurts (the first convolution, MSAF's attention and the head are not).
+SHARED_TRUNK = r"dsnet\.(stem\.1|shared_stage1|shared_stage2|skip_stage)(\..*)?"
+# Other parts, for the sensitivity study and custom recipes: MSAF's sigmoid weighting and products (ops of the
+# MSAF module itself), all of MSAF (with its attention convolutions), the segmentation head, its classifier.
 MSAF_WEIGHTING = r"dsnet\.fusions\.\d+"
 MSAF_ATTENTION = r"dsnet\.fusions\.\d+(\..*)?"
 HEAD = r"decode_head(\..*)?"
-STEM = r"dsnet\.stem\.0(\..*)?"
+CLASSIFIER = r"decode_head\.classifier(\..*)?"
 
 RECIPES: dict[str, QuantizationRecipe] = {
     recipe.name: recipe
     for recipe in (
-        QuantizationRecipe("naive", (), "performance", True, "NNCF's defaults: every layer int8 (loses accuracy)"),
+        QuantizationRecipe("naive", (), "performance", True, "NNCF's defaults: all int8, symmetric activations"),
         QuantizationRecipe(
-            "accurate",
-            (MSAF_ATTENTION, HEAD),
+            "balanced",
+            (),
             "mixed",
             True,
-            "MSAF fusions and the segmentation head in float32, asymmetric activations, fast bias correction",
+            "every layer int8, asymmetric activations, fast bias correction: the full int8 speed within the accuracy "
+            "target (CamVid: 0.3-0.5 mIoU points below float32)",
+        ),
+        QuantizationRecipe(
+            "accurate",
+            (SHARED_TRUNK,),
+            "mixed",
+            True,
+            "'balanced' with the shared trunk (stem.1, shared stages, skip stage) in float32: float32's accuracy "
+            "(CamVid: within 0.1 points) for 3-10% of the speed",
         ),
     )
 }
-DEFAULT_RECIPE = RECIPES["accurate"]
+DEFAULT_RECIPE = RECIPES["balanced"]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -168,13 +181,15 @@ def load_calibration_images(
     size: tuple[int, int] | None = None,
     void_labels: Sequence[int] | None = None,
     seed: int = 0,
+    id2label_file: str | None = None,
 ) -> list[torch.Tensor]:
     """Up to `num_samples` normalised `(1, 3, H, W)` images of a dataset split, as the evaluation transform makes
     them (ImageNet normalisation; resized to `size` if given), spread evenly over the split.
 
     `dataset` is a Hub dataset id, a local Hub-style folder, or `synthetic` (the package's generated shapes set,
     the quickstart's data). The dataset's classes must be the model's (`config.num_labels`): a calibration set
-    from another label space is an error, as is an empty one. `void_labels` as in training (CamVid: 11)."""
+    from another label space is an error, as is an empty one. `void_labels` and `id2label_file` (the class names
+    of a dataset that does not name them, e.g. `camvid_id2label.json`) as in training."""
     from ..data import DataArguments, load_segmentation_data
 
     if num_samples < 1:
@@ -190,6 +205,8 @@ def load_calibration_images(
         options["dataset_name"] = dataset
     if void_labels:
         options["void_labels"] = list(void_labels)
+    if id2label_file:
+        options["id2label_file"] = str(id2label_file)
     if size is not None:
         options["eval_size"] = [int(size[0]), int(size[1])]
     data = load_segmentation_data(DataArguments(**options), seed=seed)

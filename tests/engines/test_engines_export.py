@@ -19,6 +19,7 @@ from torch import nn
 
 from msaf_hf import DSNetForSemanticSegmentation, load_preset
 from msaf_hf.engines import (
+    DEFAULT_RECIPE,
     MissingEngineError,
     ONNXRuntimeSegmenter,
     OpenVINOSegmenter,
@@ -90,6 +91,11 @@ def test_openvino_fp32_matches_torch_at_any_size(exported, tiny_model):
     folder = exported("openvino", "fp32")
     spec = read_engine_spec(folder)
     assert (spec.name, spec.precision, spec.input_size) == ("openvino", "fp32", None)
+    # The export's own check, recorded in config.json: against torch float32 and against the float64 result.
+    check = json.loads((folder / "config.json").read_text())["engine"]["check"]
+    assert check["input_shape"] == [1, 3, *SIZE] and check["argmax_agreement"] >= 0.999
+    assert check["max_relative_difference"] <= 1e-4 and check["max_relative_difference_to_float64"] <= 1e-4
+    assert 0 < check["torch_float32_to_float64"] <= 1e-4  # float32 rounding: never exactly 0, never large
     model = load_segmenter(folder, num_threads=1)
     assert isinstance(model, OpenVINOSegmenter)
     for pixel_values in _images((1, 3, 64, 64), (2, 3, 64, 64), (1, 3, 48, 80), (1, 3, 96, 128)):
@@ -132,19 +138,18 @@ def test_int8_export_is_quantised_and_runs(exported, tiny_model, engine):
     folder = exported(engine, "int8")
     spec = read_engine_spec(folder)
     assert spec.precision == "int8"
-    assert spec.quantization["recipe"]["name"] == "accurate" and spec.quantization["calibration_images"] == 8
-    assert spec.quantization["nodes_kept_fp32"] > 0
+    assert spec.quantization["recipe"]["name"] == DEFAULT_RECIPE.name == "balanced"
+    assert spec.quantization["calibration_images"] == 8 and spec.quantization["nodes_kept_fp32"] == 0
+    check = json.loads((folder / "config.json").read_text())["engine"]["check"]
+    assert check["input"] == "the first calibration image" and check["input_shape"] == [1, 3, *SIZE]
     if engine == "openvino":
         import openvino as ov
 
         graph = ov.Core().read_model(str(folder / "openvino_model.xml"))
-        fake_quantize = [op for op in graph.get_ops() if op.get_type_name() == "FakeQuantize"]
-        assert fake_quantize, "no FakeQuantize node: the model was not quantised"
-        # The recipe keeps MSAF in float32: no convolution of a fusion reads a quantised input.
-        for op in graph.get_ops():
-            if op.get_type_name() == "Convolution" and ".fusions." in op.get_friendly_name():
-                producers = {op.input_value(i).get_node().get_type_name() for i in range(op.get_input_size())}
-                assert "FakeQuantize" not in producers, op.get_friendly_name()
+        assert [op for op in graph.get_ops() if op.get_type_name() == "FakeQuantize"], "the model was not quantised"
+        # The default recipe quantises every part, MSAF's attention convolutions and the trunk included.
+        reads_int8 = _convolutions_reading_int8(graph)
+        assert all(any(reads_int8[part]) for part in (".fusions.", ".shared_stage1.", "decode_head.conv")), reads_int8
     else:
         import onnx
 
@@ -163,6 +168,41 @@ def test_int8_export_is_quantised_and_runs(exported, tiny_model, engine):
     # uncalibrated quantisation gives a similarity near 0 (or negative).
     similarity = torch.nn.functional.cosine_similarity(logits.flatten(), reference.flatten(), dim=0).item()
     assert similarity > 0.8, f"{engine} int8 vs torch: cosine similarity {similarity:.4f}"
+
+
+def _convolutions_reading_int8(graph) -> dict[str, list[bool]]:
+    """For parts of DSNet (a substring of the node names): for each of its convolutions, whether it reads a quantised
+    input (a FakeQuantize right before it)."""
+    parts = (".fusions.", ".shared_stage1.", ".shared_stage2.", ".skip_stage.", ".context_branch.", "decode_head.conv")
+    found: dict[str, list[bool]] = {part: [] for part in parts}
+    for op in graph.get_ops():
+        if op.get_type_name() != "Convolution":
+            continue
+        quantised = op.input_value(0).get_node().get_type_name() == "FakeQuantize"
+        for part in parts:
+            if part in op.get_friendly_name():
+                found[part].append(quantised)
+    assert all(found.values()), f"no convolution found for {[p for p, v in found.items() if not v]}"
+    return found
+
+
+@pytest.mark.slow
+def test_accurate_recipe_keeps_the_shared_trunk_in_float32(tmp_path, tiny_model):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import openvino as ov
+
+    calibration = load_calibration_images("synthetic", tiny_model.config, num_samples=4, size=SIZE)
+    folder = export_to_engine(tiny_model, tmp_path / "accurate", engine="openvino", precision="int8",
+                              height=SIZE[0], width=SIZE[1], calibration_images=calibration, recipe="accurate")
+    spec = read_engine_spec(folder)
+    assert spec.quantization["recipe"]["name"] == "accurate" and spec.quantization["nodes_kept_fp32"] > 0
+    reads_int8 = _convolutions_reading_int8(ov.Core().read_model(str(folder / "openvino_model.xml")))
+    trunk = [".shared_stage1.", ".shared_stage2.", ".skip_stage."]
+    assert not any(any(reads_int8[part]) for part in trunk), reads_int8  # float32: no quantiser before them
+    assert all(any(reads_int8[part]) for part in (".context_branch.", ".fusions.", "decode_head.conv")), reads_int8
+    logits = load_segmenter(folder, num_threads=1)(pixel_values=torch.cat(calibration[:2])).logits
+    assert logits.shape == (2, NUM_LABELS, SIZE[0] // 4, SIZE[1] // 4) and torch.isfinite(logits).all()
 
 
 def test_calibration_errors(tmp_path, tiny_model):
@@ -312,6 +352,24 @@ def test_benchmark_engine_variants_are_validated():
         InferenceCase("dsnet", "openvino-fp32", compile_mode="default")
     with pytest.raises(ValueError, match="only the 'eval' variant"):
         InferenceCase("segformer-b0", "onnxruntime-fp32")
+    InferenceCase("dsnet", "onnxruntime-int8", recipe="naive")
+    with pytest.raises(ValueError, match="recipe applies to the int8"):
+        InferenceCase("dsnet", "openvino-fp32", recipe="naive")
+
+
+@pytest.mark.slow
+def test_benchmark_times_engines_per_int8_recipe():
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from msaf_hf.benchmarking import InferenceCase, benchmark_inference_cases
+
+    cases = [InferenceCase("dsnet", "eval"), InferenceCase("dsnet", "openvino-fp32"),
+             InferenceCase("dsnet", "openvino-int8", recipe="naive"), InferenceCase("dsnet", "openvino-int8")]
+    results = benchmark_inference_cases(cases, height=32, width=64, warmup=0, repeats=1, count_flops_too=False)
+    assert [r["variant"] for r in results] == ["eval", "openvino-fp32", "openvino-int8", "openvino-int8"]
+    assert [r.get("recipe") for r in results] == [None, None, "naive", "balanced"]  # None: the default
+    assert results[1]["engine_check"]["argmax_agreement"] > 0.99  # the same weights as the torch rows
+    assert all(r["images_per_s"] > 0 for r in results)
 
 
 @pytest.mark.slow
