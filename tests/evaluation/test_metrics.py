@@ -328,15 +328,14 @@ def _gloo_worker(rank: int, world_size: int, store_path: str, out_dir: str) -> N
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
 def test_all_reduce_over_two_gloo_processes_matches_single_process(tmp_path):
-    # fork (where available) lets the workers inherit the imported modules instead of re-importing
-    # transformers; the workers only touch tiny tensors, so no OpenMP pool is entered after the fork.
-    start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    # spawn, not fork: by now the test process may hold OpenVINO / ONNX Runtime / OpenMP thread pools (other test
+    # modules ran engines), and forking a process with live thread pools can crash (seen once in CI: a segfault).
     mp.start_processes(
         _gloo_worker,
         args=(2, str(tmp_path / "store"), str(tmp_path)),
         nprocs=2,
         join=True,
-        start_method=start_method,
+        start_method="spawn",
     )
     predictions, labels = _all_samples()
     single = SegmentationConfusionMatrix(num_classes=4)
