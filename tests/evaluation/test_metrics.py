@@ -2,12 +2,14 @@
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from msaf_hf.evaluation import metrics as metrics_module
 from msaf_hf.evaluation.metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
@@ -328,15 +330,20 @@ def _gloo_worker(rank: int, world_size: int, store_path: str, out_dir: str) -> N
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
 def test_all_reduce_over_two_gloo_processes_matches_single_process(tmp_path):
-    # spawn, not fork: by now the test process may hold OpenVINO / ONNX Runtime / OpenMP thread pools (other test
-    # modules ran engines), and forking a process with live thread pools can crash (seen once in CI: a segfault).
-    mp.start_processes(
-        _gloo_worker,
-        args=(2, str(tmp_path / "store"), str(tmp_path)),
-        nprocs=2,
-        join=True,
-        start_method="spawn",
+    # The two workers are started from a fresh interpreter, not from this test process: by now it may hold
+    # OpenVINO / ONNX Runtime / OpenMP thread pools (other test modules ran engines), and starting processes from it
+    # crashed the whole pytest process with a segfault in CI (with fork and with spawn alike).
+    launcher = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import torch.multiprocessing as mp; "
+        "from test_metrics import _gloo_worker; "
+        "mp.start_processes(_gloo_worker, args=(2, sys.argv[2], sys.argv[3]), nprocs=2, join=True, "
+        "start_method='spawn')"
     )
+    result = subprocess.run(
+        [sys.executable, "-c", launcher, str(Path(__file__).parent), str(tmp_path / "store"), str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
     predictions, labels = _all_samples()
     single = SegmentationConfusionMatrix(num_classes=4)
     single.update(predictions, labels)
