@@ -91,9 +91,10 @@ class ColorTable:
         self.keys = np.array(sorted(by_color), dtype=np.int32)
         self.values = np.array([by_color[k] for k in sorted(by_color)], dtype=np.int64)
         self.names = {int(k): str(v) for k, v in (names or {}).items() if int(k) != self.ignore_index} or None
-        # Unknown colours mapped to the ignore index (--unknown_colors_to_ignore), in this process.
-        self.unknown_pixels = 0
-        self.files_with_unknown = 0
+        # Unknown colours mapped to the ignore index (--unknown_colors_to_ignore), in this process: pixels per mask
+        # file (a file decoded twice counts once), plus masks without a file name.
+        self.unknown_by_file: dict[str, int] = {}
+        self.unknown_unnamed = [0, 0]  # pixels, masks
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **kwargs: Any) -> ColorTable:
@@ -131,6 +132,16 @@ class ColorTable:
         return cls(colors, names=names or None, origin=origin, **kwargs)
 
     @property
+    def unknown_pixels(self) -> int:
+        """Pixels of unknown colours mapped to the ignore index so far (``--unknown_colors_to_ignore``)."""
+        return sum(self.unknown_by_file.values()) + self.unknown_unnamed[0]
+
+    @property
+    def files_with_unknown(self) -> int:
+        """Masks with unknown colours mapped to the ignore index so far."""
+        return len(self.unknown_by_file) + self.unknown_unnamed[1]
+
+    @property
     def class_ids(self) -> list[int]:
         return sorted(k for k in self.colors if k != self.ignore_index)
 
@@ -157,10 +168,14 @@ class ColorTable:
                     f"the colour mask{where} has colours not in {self.origin}: {listed}{more}; add them to the "
                     "table, or pass --unknown_colors_to_ignore to train on the rest of the image",
                 )
-            self.unknown_pixels += int(counts.sum())
-            self.files_with_unknown += 1
-            logger.warning("Colour mask%s: %s not in %s mapped to the ignore index (--unknown_colors_to_ignore).",
-                           where, listed + more, self.origin)
+            if not where or where not in self.unknown_by_file:
+                logger.warning("Colour mask%s: %s not in %s mapped to the ignore index (--unknown_colors_to_ignore).",
+                               where, listed + more, self.origin)
+            if where:
+                self.unknown_by_file[where] = int(counts.sum())
+            else:
+                self.unknown_unnamed[0] += int(counts.sum())
+                self.unknown_unnamed[1] += 1
             label = label.copy()
             label[~known] = self.ignore_index
         return label
