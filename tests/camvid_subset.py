@@ -135,7 +135,8 @@ def write_parquet(root: Path, subset) -> dict[str, Any]:
         columns = {"pixel_values": [{"bytes": _png(image), "path": None} for _, image, _ in rows],
                    "annotation": [{"bytes": _png(label), "path": None} for _, _, label in rows],
                    "name": [name for name, _, _ in rows]}
-        datasets.Dataset.from_dict(columns, features=features).to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
+        shard = folder / f"{split}-00000-of-00001.parquet"
+        datasets.Dataset.from_dict(columns, features=features).to_parquet(str(shard))
     return {"dataset_name": str(folder), "dataset_cache_dir": str(root / "cache"), "void_labels": [VOID],
             "id2label_file": "camvid_id2label.json"}
 

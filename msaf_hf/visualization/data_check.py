@@ -38,7 +38,8 @@ def plot_class_frequencies(
     ax.set_xlabel("share of labelled pixels (%)")
     smallest = values[values > 0].min() if (values > 0).any() else 1.0
     for y, value in zip(positions, values, strict=True):
-        ax.text(value if value > 0 else smallest, y, f" {value:.3g}%" if value > 0 else " absent", va="center", fontsize=8)
+        text = f" {value:.3g}%" if value > 0 else " absent"
+        ax.text(value if value > 0 else smallest, y, text, va="center", fontsize=8)
     ax.set_title(title or "Class frequencies")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

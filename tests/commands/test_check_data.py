@@ -1,4 +1,5 @@
-"""``msaf-hf check-data``: planted bad masks are named and fail the check; clean data passes; no matplotlib, no chart."""
+"""``msaf-hf check-data``: planted bad masks are named and fail the check; clean data passes; no matplotlib: no
+chart."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
-import pytest
 
 from msaf_hf.commands.check_data import main as check_data
 

@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-
 from camvid_subset import FORMATS, as_argv, expected_pixels, read_subset, write_format
+
 from msaf_hf.commands.check_data import main as check_data
 from msaf_hf.data import DataArguments
 from msaf_hf.training import ModelArguments, TrainingArguments, train

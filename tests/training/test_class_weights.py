@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from camvid_subset import VOID, read_subset, write_format
+
 from msaf_hf import DSNetForSemanticSegmentation
 from msaf_hf.data import DataArguments
 from msaf_hf.data.class_weights import ClassFrequencies, median_frequency_weights
