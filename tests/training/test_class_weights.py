@@ -70,3 +70,31 @@ def test_class_weights_from_a_file(tmp_path):
     path.write_text(json.dumps(weights[:3]))
     with pytest.raises(ValueError, match="has 3 weights but the data has 11 classes"):
         _run(tmp_path / "again", flags, str(path), max_steps=1)
+
+
+def test_label_colors_model_uses_the_fine_tuned_models_label2color(tmp_path, tiny_config):
+    import PIL.Image
+
+    colors = {0: [128, 128, 128], 1: [128, 0, 0], 2: [0, 128, 192], 3: [60, 40, 222], 4: [9, 9, 9]}
+    tiny_config.label2color = colors
+    tiny_config.id2label = {i: f"c{i}" for i in range(5)}
+    tiny_config.label2id = {f"c{i}": i for i in range(5)}
+    DSNetForSemanticSegmentation(tiny_config).save_pretrained(tmp_path / "base")
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    rng = np.random.default_rng(0)
+    lut = np.array([colors[i] for i in range(5)], np.uint8)
+    for i in range(4):
+        PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(images / f"{i}.png")
+        PIL.Image.fromarray(lut[rng.integers(0, 5, (32, 32))]).save(masks / f"{i}.png")
+    model = ModelArguments(model_name_or_path=str(tmp_path / "base"))
+    data = DataArguments(image_dir=str(images), mask_dir=str(masks), eval_image_dir=str(images),
+                         eval_mask_dir=str(masks), label_colors="model", crop_size=[32, 32])
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=2,
+                             disable_tqdm=True, save_best_model=False)
+    output = train(model, data, args)
+    assert output.model.config.id2label == {i: f"c{i}" for i in range(5)}  # the names came with the colours
+    assert output.confusion_matrix.sum() == 4 * 32 * 32  # every pixel decoded to a class and scored
+    with pytest.raises(ValueError, match="--label_colors model needs --model_name_or_path"):
+        train(ModelArguments(), data, TrainingArguments(output_dir=str(tmp_path / "run2"), max_steps=1))
