@@ -91,7 +91,8 @@ class DataArguments:
             "help": "Masks are colour-coded: a JSON file mapping class ids to colours ({\"0\": [r, g, b], ...} or "
             "[{\"id\": 0, \"name\": \"sky\", \"color\": [r, g, b]}, ...]; names there name the classes; an id equal "
             "to --ignore_index marks a colour that is not trained on), or 'model' for the label2color of the model "
-            "being fine-tuned. Palette PNGs need no table: their indices are the class ids."
+            "being fine-tuned. Palette PNGs need no table: their indices are the class ids (with --label_colors "
+            "they are read by their colours)."
         },
     )
     unknown_colors_to_ignore: bool = field(

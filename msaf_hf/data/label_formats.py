@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .bad_examples import ExampleProblem
-from .images import open_image
+from .images import is_image_value, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -147,11 +147,15 @@ class ColorTable:
 
     def decode(self, value: Any) -> np.ndarray:
         """A mask value (path, bytes, datasets Image dict, PIL image or array) -> int64 (H, W) class ids."""
-        if isinstance(value, np.ndarray) and value.ndim == 3:
-            rgb = value[..., :3]
-        else:
-            image = open_image(value, "label")
-            rgb = np.asarray(image.convert("RGB"))
+        if value is None or is_image_value(value):
+            rgb = np.asarray(open_image(value, "label").convert("RGB"))  # palette PNGs: through their palette
+        else:  # nested numbers (a datasets Array3D / list column)
+            rgb = np.asarray(value)
+            if rgb.ndim != 3 or rgb.shape[-1] < 3 or not np.issubdtype(rgb.dtype, np.integer):
+                raise ExampleProblem(
+                    "bad_label_format", f"a colour mask must be (H, W, 3) integers, got shape {rgb.shape} {rgb.dtype}"
+                )
+            rgb = rgb[..., :3]
         packed = pack_rgb(rgb)
         position = np.clip(np.searchsorted(self.keys, packed), 0, len(self.keys) - 1)
         known = self.keys[position] == packed

@@ -167,3 +167,33 @@ def test_class_weights_file(tmp_path):
     assert load_class_weights_file(path, 2) == [1.0, 2.5]
     with pytest.raises(ValueError, match="has 2 weights but the data has 3 classes"):
         load_class_weights_file(path, 3)
+
+
+def test_hub_columns_are_found_or_the_ambiguity_named(tmp_path):
+    import io
+
+    import datasets
+
+    def png(array):
+        buffer = io.BytesIO()
+        PIL.Image.fromarray(array).save(buffer, format="PNG")
+        return {"bytes": buffer.getvalue(), "path": None}
+
+    label = np.array([[0, 1], [2, 1]], np.uint8)
+    image = np.zeros((2, 2, 3), np.uint8)
+    for name, columns in (("found", ("pixel_values", "annotation")), ("ambiguous", ("image", "label", "mask"))):
+        folder = tmp_path / name
+        folder.mkdir()
+        features = datasets.Features({c: datasets.Image() for c in columns})
+        rows = {c: [png(image if i == 0 else label)] for i, c in enumerate(columns)}
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(folder / "train-00000-of-00001.parquet"))
+    cache = str(tmp_path / "cache")
+    data = load_segmentation_data(DataArguments(dataset_name=str(tmp_path / "found"), dataset_cache_dir=cache,
+                                                eval_split=None), id2label={0: "a", 1: "b", 2: "c"})
+    np.testing.assert_array_equal(data.train.load_example(0)[1], label)
+    with pytest.raises(ValueError, match=r"several columns could hold the labels: \['label', 'mask'\]"):
+        load_segmentation_data(DataArguments(dataset_name=str(tmp_path / "ambiguous"), dataset_cache_dir=cache,
+                                             eval_split=None))
+    data = load_segmentation_data(DataArguments(dataset_name=str(tmp_path / "ambiguous"), dataset_cache_dir=cache,
+                                                eval_split=None, label_column="mask"), id2label={0: "a", 1: "b"})
+    assert data.train.source.label_column == "mask"
