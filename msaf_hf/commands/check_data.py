@@ -24,7 +24,7 @@ from typing import Any
 from ..data import DataArguments, load_segmentation_data
 from ..data.check import SplitScan, scan_split
 from ..data.class_weights import CLASS_WEIGHT_MAX, CLASS_WEIGHT_MIN, median_frequency_weights
-from ..data.label_formats import ColorTable
+from ..data.label_formats import ColorTable, color_table_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,10 @@ class CheckArguments:
     )
     output_dir: str = field(default="data_check", metadata={"help": "Where data_check.json and the pictures go."})
     num_preview: int = field(default=8, metadata={"help": "Examples in the preview grid (0: no preview)."})
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "With --label_colors model: the model (folder or Hub id) whose label2color reads the masks."},
+    )
     no_progress: bool = field(default=False, metadata={"help": "Hide the progress bar."})
 
 
@@ -113,7 +117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --split validation with --eval_split none: nothing to check.", file=sys.stderr)
         return 2
     try:
-        data = load_segmentation_data(data_args, id2label=id2label)
+        color_table = None
+        if (data_args.label_colors or "").strip().lower() == "model":
+            if check_args.model_name_or_path is None:
+                raise ValueError("--label_colors model needs --model_name_or_path (the model whose colours to use).")
+            from ..configuration_dsnet import DSNetConfig
+
+            color_table = color_table_from_config(DSNetConfig.from_pretrained(check_args.model_name_or_path),
+                                                  data_args.ignore_index, data_args.unknown_colors_to_ignore)
+        data = load_segmentation_data(data_args, id2label=id2label, color_table=color_table)
     except (ValueError, OSError, ImportError) as err:
         print(f"error: cannot open the data: {err}", file=sys.stderr)
         return 2

@@ -116,3 +116,21 @@ def test_the_script_wrapper_runs(tmp_path):
     )
     assert result.returncode == 1, result.stderr  # class 2 is outside 2 classes
     assert "label_out_of_range" in result.stdout
+
+
+def test_label_colors_model_reads_the_models_colours(tmp_path, tiny_config, capsys):
+    from msaf_hf import DSNetForSemanticSegmentation
+
+    tiny_config.num_labels = 3
+    tiny_config.id2label = {0: "grey", 1: "red", 2: "blue"}
+    tiny_config.label2id = {v: k for k, v in tiny_config.id2label.items()}
+    tiny_config.label2color = COLORS
+    DSNetForSemanticSegmentation(tiny_config).save_pretrained(tmp_path / "model")
+    images, masks = _folder(tmp_path / "data", colour=True)
+    status, report = _run(tmp_path, images, masks, "--label_colors", "model", "--model_name_or_path",
+                          str(tmp_path / "model"))
+    assert status == 0 and report["id2label"] == {"0": "grey", "1": "red", "2": "blue"}
+    assert sum(c["pixels"] for c in report["splits"]["train"]["classes"]) == 5 * 16 * 24
+    assert check_data(["--image_dir", str(images), "--mask_dir", str(masks), "--label_colors", "model",
+                       "--output_dir", str(tmp_path / "c")]) == 2
+    assert "--model_name_or_path" in capsys.readouterr().err
