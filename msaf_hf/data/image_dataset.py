@@ -42,8 +42,8 @@ def list_image_files(folder: str | os.PathLike, what: str, *, recursive: bool = 
     if not files:
         raise ValueError(
             f"{what} {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}"
-            f"{', also searched in subfolders' if recursive else ''}): put the images there or point {what} at the "
-            "folder that holds them."
+            f"{', also searched in subfolders' if recursive else ''}): put the images there, or give the folder "
+            "that holds them."
         )
     return files
 

@@ -18,7 +18,6 @@ from .arguments import DataArguments
 from .bad_examples import DataStats, ExampleProblem
 from .dataset import SegmentationDataset
 from .image_dataset import HubImageSource, ImageDataset, ImageFolderSource, PairImageSource
-from .images import IMAGE_EXTENSIONS
 from .labels import (
     CITYSCAPES_ID2LABEL,
     IGNORE_INDEX,
@@ -221,7 +220,7 @@ def load_split(
     if carve:  # the evaluation part and the training part of one source, as load_segmentation_data splits them
         train_part, eval_part = _carve(args, len(indices), opened.where)
         indices = train_part if role == "train" else eval_part
-    limit = max_samples or (args.max_train_samples if role == "train" else args.max_eval_samples)
+    limit = max_samples or (args.max_train_samples if purpose == "train" else args.max_eval_samples)
     if limit is not None:
         indices = indices[:limit]
     processor = _processor_or_default(args, image_processor)
@@ -243,19 +242,17 @@ def load_split(
 
 
 def data_arguments_for(source: str | os.PathLike) -> DataArguments:
-    """The :class:`DataArguments` of a source given as one string: ``"synthetic"``; a folder of plain images
-    (image files and no dataset files such as parquet/arrow/csv/json); else a Hub dataset id or Hub-style folder."""
+    """The :class:`DataArguments` of a source given as one string: ``"synthetic"``; a folder without dataset files
+    (parquet, arrow, csv, json, ...) is a folder of plain images; anything else a Hub dataset id or Hub-style folder
+    (read with ``datasets.load_dataset``)."""
     text = os.fspath(source)
     if text == "synthetic":
         return DataArguments(synthetic=True)
     folder = Path(text)
-    if folder.is_dir():
-        files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
-        has_data_files = any(p.suffix.lower() in _DATASET_FILE_SUFFIXES for p in files)
-        if not has_data_files and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in files):
-            return DataArguments(image_dir=text)
-        if not files:
-            raise ValueError(f"{text!r} is an empty folder: put images (or dataset files) there.")
+    if folder.is_dir() and not any(
+        p.suffix.lower() in _DATASET_FILE_SUFFIXES for p in folder.rglob("*") if not p.name.startswith(".")
+    ):
+        return DataArguments(image_dir=text)  # (a folder without images is an error naming it when it is read)
     return DataArguments(dataset_name=text)
 
 
@@ -406,7 +403,8 @@ def _folder_split(args: DataArguments, role: str, labels: bool) -> OpenedSplit:
                 f"{where} has no labels: training and evaluation need label maps; pass {flags[1]} FOLDER (class-id "
                 "masks matched to the images by file stem)."
             )
-        return OpenedSplit(ImageFolderSource(image_dir, flags[0]), role, where, void_labels=tuple(args.void_labels))
+        source = ImageFolderSource(image_dir, "the image folder")  # (also given as a string: no flag to name)
+        return OpenedSplit(source, role, f"the image folder {image_dir!r}", void_labels=tuple(args.void_labels))
     source, unmatched = folder_source(image_dir, mask_dir, role, args.skip_bad_examples, flags)
     if not labels:
         source = PairImageSource(source)

@@ -2,7 +2,7 @@
 
     from msaf_hf.engines import export_to_engine, load_segmenter
     export_to_engine("outputs/camvid/final", "camvid-openvino-int8", engine="openvino", precision="int8",
-                     calibration_images=load_calibration_images("../shared/data/camvid", config, void_labels=[11]))
+                     calibration_images=load_calibration_images("photos/", image_processor))  # plain images
     model = load_segmenter("camvid-openvino-int8")        # OpenVINOSegmenter: SemanticSegmenterOutput logits
 
 Needs the extras: `pip install 'msaf_hf[openvino]'` (OpenVINO and NNCF) and/or `pip install 'msaf_hf[onnxruntime]'`.
