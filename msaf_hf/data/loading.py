@@ -388,6 +388,8 @@ def _hub_split(args: DataArguments, hub: _HubDataset, requested: str, flag: str,
 
 
 def _folder_split(args: DataArguments, role: str, labels: bool) -> OpenedSplit:
+    if args.mask_dir is None and args.eval_image_dir is None:
+        role = "train"  # a folder of plain images is one split, whatever its name
     if role == "eval" and args.eval_image_dir is None:
         raise ValueError(
             f"--image_dir {args.image_dir!r}: folder data has no evaluation split; pass --eval_image_dir/"
