@@ -200,7 +200,8 @@ def test_errors_name_the_thing_and_the_fix(tmp_path):
                                          r"--calibration_split <split>"):
         load_split(str(hub), "test", "calibration", split_flag="--calibration_split")
     plain = _plain_folder(tmp_path)
-    with pytest.raises(ValueError, match=r"'.*plain' has no labels: training and evaluation need label maps; pass --mask_dir FOLDER"):
+    with pytest.raises(ValueError, match=r"'.*plain' has no labels: training and evaluation need label maps; "
+                                         r"pass --mask_dir FOLDER"):
         load_split(str(plain), "validation", "evaluation", id2label=ID2LABEL)
     unlabelled = _hub_folder(tmp_path / "u", with_labels=False)
     with pytest.raises(ValueError, match=r"column 'label' not found .*pass --label_column"):
