@@ -22,6 +22,9 @@ from .bad_examples import BadExampleError, ExampleProblem
 from .images import IMAGE_EXTENSIONS, open_image, to_rgb
 from .labels import LabelMapper
 
+# Columns that name an example (in this order) when no name column is given; else the image's file name or index.
+NAME_COLUMNS = ("name", "file_name", "filename", "image_id", "id")
+
 __all__ = ["HubImageSource", "ImageDataset", "ImageFolderSource", "PairImageSource", "list_image_files"]
 
 
@@ -93,7 +96,10 @@ class HubImageSource:
     """The image column of a ``datasets.Dataset`` split; the label column (``label_column``, if present) is only
     read when labels are asked for, so a dataset without labels works too."""
 
-    def __init__(self, dataset: Any, image_column: str, label_column: str | None, description: str) -> None:
+    def __init__(
+        self, dataset: Any, image_column: str, label_column: str | None, description: str,
+        name_column: str | None = None,
+    ) -> None:
         import datasets
 
         columns = list(dataset.column_names)
@@ -104,7 +110,11 @@ class HubImageSource:
             )
         self.has_labels = label_column is not None and label_column in columns
         self.image_column, self.label_column = image_column, label_column if self.has_labels else None
-        dataset = dataset.select_columns([image_column] + ([label_column] if self.has_labels else []))
+        if name_column is not None and name_column not in columns:
+            raise ValueError(f"{description}: --name_column '{name_column}' not found (columns: {columns}).")
+        self.name_column = name_column or next((c for c in NAME_COLUMNS if c in columns and c != image_column), None)
+        keep = [image_column] + ([label_column] if self.has_labels else [])
+        dataset = dataset.select_columns(keep + ([self.name_column] if self.name_column else []))
         for column in dataset.column_names:
             feature = dataset.features[column]
             if isinstance(feature, datasets.Image) and feature.decode:
@@ -115,7 +125,10 @@ class HubImageSource:
         return len(self.dataset)
 
     def name(self, index: int) -> str:
-        value = self.dataset[index][self.image_column]
+        row = self.dataset[index]
+        if self.name_column and row[self.name_column] is not None:
+            return str(row[self.name_column])
+        value = row[self.image_column]
         if isinstance(value, dict) and value.get("path"):
             return os.path.basename(value["path"])
         return f"{index:06d}"

@@ -376,7 +376,7 @@ def _hub_split(args: DataArguments, hub: _HubDataset, requested: str, flag: str,
     if labels:
         source = HubSource(hub.splits[name], args.image_column, args.label_column, args.name_column, description)
     else:
-        source = HubImageSource(hub.splits[name], args.image_column, args.label_column, description)
+        source = HubImageSource(hub.splits[name], args.image_column, args.label_column, description, args.name_column)
     if len(source) == 0:
         raise ValueError(f"Split '{name}' of {hub.where} is empty.")
     id2label = hub.id2label
