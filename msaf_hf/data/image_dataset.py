@@ -151,6 +151,8 @@ class ImageDataset(torch.utils.data.Dataset):
     :meth:`load_image` gives the decoded RGB image (for pictures of the prediction).
     """
 
+    id2label: dict[int, str] | None = None  # the class names, set by the loaders
+
     def __init__(
         self,
         source: Any,

@@ -209,6 +209,8 @@ def load_split(
     """
     if purpose not in PURPOSES:
         raise ValueError(f"load_split: purpose must be one of {PURPOSES}, got {purpose!r}.")
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"load_split: max_samples must be a positive integer (or None), got {max_samples}.")
     args = source if isinstance(source, DataArguments) else data_arguments_for(source)
     kind = args.source_kind()
     needs_labels = purpose in ("train", "evaluation")
