@@ -95,3 +95,33 @@ def test_export_int8_calibrates_on_plain_images_with_the_checkpoints_processor(t
                                    rtol=0, atol=1e-6)
     saved = json.loads((out / "preprocessor_config.json").read_text("utf-8"))
     assert saved["image_mean"] == MEAN and saved["image_std"] == STD
+
+
+def test_export_passes_the_checkpoints_processor_and_ignores_label_flags(tmp_path, monkeypatch, caplog):
+    """scripts/export.py hands the checkpoint's processor to the calibration loader; --void_labels/--id2label_file
+    (needed by earlier versions) are accepted with a warning that they are not needed."""
+    from msaf_hf.engines import exporting
+
+    checkpoint = tmp_path / "checkpoint"
+    DSNetForSemanticSegmentation(load_preset("dsnet", base_channels=4, num_labels=3)).save_pretrained(checkpoint)
+    _processor().save_pretrained(checkpoint)
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_loader(*args, **kwargs):
+        calls.append((args, kwargs))
+        return [torch.zeros(1, 3, 16, 16)]
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(exporting, "load_calibration_images", fake_loader)
+    monkeypatch.setattr(exporting, "export_to_engine", stop)
+    with caplog.at_level("WARNING"), pytest.raises(Stop):
+        exporting.main([str(checkpoint), str(tmp_path / "out"), "--precision", "int8", "--calibration_dataset",
+                        "photos", "--void_labels", "11", "--id2label_file", "camvid_id2label.json"])
+    (dataset, processor), kwargs = calls[0]
+    assert dataset == "photos" and list(processor.image_mean) == MEAN and list(processor.image_std) == STD
+    assert "--void_labels is not needed" in caplog.text and "--id2label_file is not needed" in caplog.text
