@@ -3,7 +3,7 @@
 
     python scripts/export.py outputs/camvid/final camvid-openvino --engine openvino --precision fp32
     python scripts/export.py outputs/camvid/final camvid-openvino-int8 --engine openvino --precision int8 \
-        --calibration_dataset ../shared/data/camvid --calibration_split train --calibration_samples 300 --void_labels 11
+        --calibration_dataset ../shared/data/camvid --calibration_split train --calibration_samples 300
     python scripts/evaluate.py --model_name_or_path camvid-openvino-int8 --config configuration/camvid.yaml \
         --dataset_name ../shared/data/camvid
 

@@ -77,7 +77,11 @@ class DataArguments:
     )
     # ---- source: image / mask folders
     image_dir: str | None = field(
-        default=None, metadata={"help": "Folder of training images (matched to --mask_dir files by file stem)."}
+        default=None,
+        metadata={
+            "help": "Folder of training images (matched to --mask_dir files by file stem); without --mask_dir, "
+            "a folder of plain images (int8 calibration, prediction)."
+        },
     )
     mask_dir: str | None = field(
         default=None, metadata={"help": "Folder of training label maps (single-channel class ids, e.g. PNG)."}
@@ -217,7 +221,7 @@ class DataArguments:
 
     def __post_init__(self) -> None:
         # Normalise the 'no eval split' spellings once so the rest of the code checks for None only.
-        if self.eval_split is not None and self.eval_split.strip().lower() in _NO_EVAL_SPLIT:
+        if isinstance(self.eval_split, str) and self.eval_split.strip().lower() in _NO_EVAL_SPLIT:
             self.eval_split = None
         # YAML/JSON configs may give a single number where a list is expected (crop_size: 512).
         for name in ("void_labels", "crop_size", "eval_size", "synthetic_image_size"):
@@ -249,8 +253,8 @@ class DataArguments:
             if value is not None and value <= 0:
                 raise ValueError(f"DataArguments.{name} must be a positive integer (or unset), got {value!r}.")
         self._check_label_formats()
-        if self.coco_annotations is None and (self.image_dir is None) != (self.mask_dir is None):
-            raise ValueError("DataArguments: --image_dir and --mask_dir must be given together.")
+        if self.mask_dir is not None and self.image_dir is None:
+            raise ValueError("DataArguments: --mask_dir needs --image_dir (the images its label maps belong to).")
         if self.coco_annotations is None and (self.eval_image_dir is None) != (self.eval_mask_dir is None):
             raise ValueError("DataArguments: --eval_image_dir and --eval_mask_dir must be given together.")
         if self.eval_image_dir is not None and self.image_dir is None:

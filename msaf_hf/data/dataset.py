@@ -33,6 +33,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     adds nothing to the metrics.
     """
 
+    id2label: dict[int, str] | None = None  # the class names, set by the loaders
+
     def __init__(
         self,
         source: Any,

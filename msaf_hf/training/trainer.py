@@ -144,11 +144,14 @@ class Trainer:
 
         accelerator, args = self.accelerator, self.args
         set_seed(args.seed)  # model initialisation; data order and augmentation have their own keyed generators
+        # The processor saved with the checkpoints: evaluation runs it, and the augmentation takes its mean and std.
+        self.image_processor = build_image_processor(self.data_args, self.data_args.ignore_index)
         with accelerator.main_process_first():  # the main process fills the datasets cache first
             self.data: SegmentationData = load_segmentation_data(
-                self.data_args, seed=args.seed, color_table=model_color_table(self.model_args, self.data_args))
+                self.data_args, seed=args.seed, image_processor=self.image_processor,
+                color_table=model_color_table(self.model_args, self.data_args),
+            )
         model = self._build_model()
-        self.image_processor = build_image_processor(self.data_args, self.data.ignore_index)
         optimizer = create_optimizer(model, args)
         self.steps_per_epoch, used_per_epoch, self.max_steps, _ = plan_steps(
             len(self.data.train), args, accelerator.num_processes
