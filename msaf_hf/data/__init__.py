@@ -39,9 +39,10 @@ Design notes (why things are the way they are):
 Modules: :mod:`.arguments` (``DataArguments``), :mod:`.sources` (Hub, folder and Cityscapes sources),
 :mod:`.labels` (class names, label decoding and mapping), :mod:`.images` (image decoding), :mod:`.transforms`
 (training augmentation, evaluation preprocessing), :mod:`.dataset` (``SegmentationDataset``, batching),
-:mod:`.bad_examples` (errors, skip statistics), :mod:`.synthetic` (the toy set), :mod:`.image_dataset` (images
-without needed labels: calibration and prediction) and :mod:`.loading` (``load_split`` and ``load_segmentation_data``,
-which put them together).
+:mod:`.bad_examples` (errors, skip statistics), :mod:`.synthetic` (the toy set), :mod:`.streaming` (``--streaming``:
+the training split as a sharded, shuffled, resumable stream), :mod:`.image_dataset` (images without needed labels:
+calibration and prediction) and :mod:`.loading` (``load_split`` and ``load_segmentation_data``, which put them
+together).
 """
 
 from .arguments import DataArguments
@@ -60,6 +61,7 @@ from .labels import (
     synthetic_id2label,
 )
 from .loading import PURPOSES, SegmentationData, data_arguments_for, load_segmentation_data, load_split
+from .streaming import StreamingSegmentationDataset, load_streaming_splits
 from .synthetic import make_synthetic_segmentation_dataset
 from .transforms import (
     SegmentationEvalTransform,
@@ -86,6 +88,7 @@ __all__ = [
     "SegmentationEvalTransform",
     "SegmentationTrainTransform",
     "SkipStats",
+    "StreamingSegmentationDataset",
     "collate_fn",
     "color_table_from_config",
     "data_arguments_for",
@@ -94,6 +97,7 @@ __all__ = [
     "load_id2label_file",
     "load_segmentation_data",
     "load_split",
+    "load_streaming_splits",
     "make_dataloader",
     "make_synthetic_segmentation_dataset",
     "median_frequency_weights",

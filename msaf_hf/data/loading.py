@@ -30,6 +30,7 @@ from .labels import (
     synthetic_id2label,
 )
 from .sources import HubSource, cityscapes_source, folder_source
+from .streaming import load_streaming_splits
 from .synthetic import make_synthetic_segmentation_dataset
 from .transforms import (
     SegmentationEvalTransform,
@@ -150,6 +151,12 @@ def load_segmentation_data(
     kind = args.source_kind()
     if seed < 0:
         raise ValueError(f"load_segmentation_data: seed must be >= 0, got {seed}.")
+    if args.streaming:  # the training split read as a stream: msaf_hf.data.streaming
+        train, eval_data, id2label = load_streaming_splits(args, seed=seed, image_processor=image_processor,
+                                                           id2label=id2label, color_table=color_table)
+        return SegmentationData(train=train, eval=eval_data, id2label=id2label, num_labels=len(id2label),
+                                ignore_index=args.ignore_index,
+                                stats=DataStats(train.stats, eval_data.stats if eval_data is not None else None))
     sources = _open_sources(args, kind)
     _apply_label_format(args, [sources.train, sources.eval], color_table)
     train_indices, eval_indices = _split_indices(args, sources)

@@ -48,6 +48,7 @@ from .resume import (
     resumed_state,
 )
 from .sampler import EpochShuffleSampler
+from .streaming_state import is_streaming, streaming_loader
 
 logger = logging.getLogger(__name__)
 
@@ -157,9 +158,14 @@ class Trainer:
             len(self.data.train), args, accelerator.num_processes
         )
         scheduler = create_scheduler(optimizer, args, self.max_steps)
-        self.model, self.optimizer, self.train_loader, self.scheduler = accelerator.prepare(
-            model, optimizer, self._train_loader(used_per_epoch), scheduler
-        )
+        if is_streaming(self.data.train):  # each process reads its own share: not re-split by prepare
+            self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+            self.train_loader = streaming_loader(self.data.train, accelerator, args.per_device_train_batch_size,
+                                                 self.batches_per_epoch, self.data_args.num_workers)
+        else:
+            self.model, self.optimizer, self.train_loader, self.scheduler = accelerator.prepare(
+                model, optimizer, self._train_loader(used_per_epoch), scheduler
+            )
         self.state = TrainerState(
             num_processes=accelerator.num_processes, per_device_train_batch_size=args.per_device_train_batch_size,
             gradient_accumulation_steps=args.gradient_accumulation_steps, seed=args.seed, max_steps=self.max_steps,
@@ -263,7 +269,8 @@ class Trainer:
                 self.data.train.set_epoch(state.epoch)  # augmentation key (in shared memory: workers see it)
                 self.train_loader.set_epoch(state.epoch)  # data order: reaches EpochShuffleSampler through Accelerate
                 loader = self.train_loader
-                if state.batches_in_epoch > 0:  # resumed mid-epoch: the same order, without what was consumed
+                if state.batches_in_epoch > 0 and not is_streaming(self.data.train):  # (a stream resumes itself)
+                    # resumed mid-epoch: the same order, without what was consumed
                     loader = accelerator.skip_first_batches(self.train_loader, state.batches_in_epoch)
                 for batch in loader:
                     if args.channels_last:
