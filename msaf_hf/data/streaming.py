@@ -48,6 +48,7 @@ from .transforms import (
     Transform,
     eval_image_processor,
     example_rng,
+    normalization_from_processor,
 )
 
 logger = logging.getLogger(__name__)
@@ -282,12 +283,18 @@ def load_streaming_splits(
 
     if id2label is None and args.id2label_file is None and color_table is not None and color_table.names is not None:
         id2label = {i: color_table.names.get(i, f"class_{i}") for i in color_table.class_ids}
-    id2label = id2label if id2label is not None else _resolve_id2label(args, source, where)
+    if id2label is not None:  # the model's label set
+        id2label = {int(k): str(v) for k, v in sorted(id2label.items(), key=lambda item: int(item[0]))}
+        check_id2label(id2label, f"the id2label given for {where}")
+    else:
+        id2label = _resolve_id2label(args, source, where)
+    processor = image_processor or eval_image_processor(args.eval_size, args.ignore_index, args.reduce_labels)
+    mean, std = normalization_from_processor(processor)  # train inputs normalised as the saved processor does
     void_labels = tuple(args.void_labels)
     mapper = LabelMapper(len(id2label), args.ignore_index, void_labels, args.reduce_labels)
     transform = SegmentationTrainTransform(
         args.resolved_crop_size(), args.scale_range, args.scale_step, args.base_size, args.hflip_probability,
-        args.ignore_index,
+        args.ignore_index, image_mean=mean, image_std=std,
     )
     train = StreamingSegmentationDataset(
         rows, source, transform, mapper, num_rows=num_rows, rank=rank, world_size=world_size, seed=seed,
@@ -297,7 +304,10 @@ def load_streaming_splits(
     if args.eval_split is not None:
         eval_split = _pick_split(list(streams), args.eval_split, "--eval_split", where)
         eval_dataset = _in_memory_eval(args, streams[eval_split], f"{where}, split '{eval_split}'", mapper, seed,
-                                       image_processor, color_table)
+                                       processor, color_table)
+    train.id2label = id2label
+    if eval_dataset is not None:
+        eval_dataset.id2label = id2label
     return train, eval_dataset, id2label
 
 
