@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from ..data import collate_fn
+from ..image_processing_dsnet import label_map_from_scores, resize_scores
 from .metrics import SegmentationConfusionMatrix
 from .results import eval_results
 
@@ -88,7 +89,7 @@ def predict(
         for flipped in (False, True) if flip else (False,):
             view = inputs.flip(-1) if flipped else inputs
             logits = model(pixel_values=view).logits.float()
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            logits = resize_scores(logits, size)
             if flipped:
                 logits = logits.flip(-1)
             if single_view:
@@ -168,7 +169,7 @@ def evaluate(
             if channels_last:
                 pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
             scores = predict(model, pixel_values, labels.shape[-2:], flip=flip, scales=scales)
-            metric.update(scores.argmax(dim=1), labels)
+            metric.update(label_map_from_scores(scores, dim=1), labels)
     finally:
         model.train(was_training)
     metric.all_reduce()  # sums over processes (no-op single-process); each image was seen by one process only

@@ -12,13 +12,13 @@ from typing import Any
 
 from ..configuration_dsnet import CITYSCAPES_CLASS_WEIGHTS, DSNetConfig
 from ..data import DataArguments
+from ..hub.push import HUB_STRATEGIES
 from ..presets import list_presets
 from ..recipes import check_field_types, parse_command_line
 
 _OPTIMIZERS = ("sgd", "adamw")
 _SCHEDULERS = ("poly", "cosine", "constant")
 _TRACKERS = ("tensorboard", "trackio", "wandb", "all", "none")
-_HUB_STRATEGIES = ("end", "every_save", "checkpoint", "all_checkpoints")
 _SYNC_BN = ("auto", "true", "false")
 
 
@@ -222,7 +222,7 @@ class TrainingArguments:
         metadata={
             "help": "end: push the final model; every_save: also at every checkpoint; checkpoint: also upload the "
             "latest checkpoint to last-checkpoint/; all_checkpoints: every checkpoint in its own folder.",
-            "choices": list(_HUB_STRATEGIES),
+            "choices": list(HUB_STRATEGIES),
         },
     )
     hub_private_repo: bool | None = field(
@@ -242,7 +242,7 @@ class TrainingArguments:
                 f"TrainingArguments.max_steps must be > 0 (or -1 to use num_train_epochs), got {self.max_steps}."
             )
         for name, choices in (("optimizer", _OPTIMIZERS), ("lr_scheduler_type", _SCHEDULERS),
-                              ("hub_strategy", _HUB_STRATEGIES), ("sync_batchnorm", _SYNC_BN)):
+                              ("hub_strategy", HUB_STRATEGIES), ("sync_batchnorm", _SYNC_BN)):
             value = str(getattr(self, name)).lower()
             if value not in choices:
                 raise ValueError(

@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .palettes import label_colors
 
-__all__ = ["SegmentationResult", "Segmenter", "load_segmenter", "parse_size", "resolve_device"]
+__all__ = ["SegmentationResult", "Segmenter", "load_segmenter", "parse_image_size", "resolve_device"]
 
 
 @dataclass
@@ -44,7 +43,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
-def parse_size(value: str | int | Sequence[int] | None) -> tuple[int, int] | int | None:
+def parse_image_size(value: str | int | Sequence[int] | None) -> tuple[int, int] | int | None:
     """``"HxW"`` -> ``(H, W)``; ``"N"`` or ``N`` -> ``N`` (the shorter side, aspect ratio kept); ``None`` -> None."""
     if value is None:
         return None
@@ -96,7 +95,7 @@ class Segmenter:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.image_processor = image_processor
-        self.size = parse_size(size)
+        self.size = parse_image_size(size)
         config = model.config
         self.id2label = {int(k): str(v) for k, v in config.id2label.items()}
         self.num_labels = int(config.num_labels)
@@ -137,13 +136,10 @@ class Segmenter:
             kwargs = {"output_attentions": True} if fusion_maps else {}
             outputs = self.model(pixel_values=pixel_values, **kwargs)
             logits = outputs.logits.float()
-            maps = []
-            for row, index in enumerate(indices):
-                width, height = images[index].size
-                scores = F.interpolate(
-                    logits[row : row + 1], size=(height, width), mode="bilinear", align_corners=False
-                )
-                maps.append(scores[0].argmax(dim=0))
+            # The image processor owns logits -> label map (upsampling to each image's size, then class ids).
+            maps = self.image_processor.post_process_semantic_segmentation(
+                logits, target_sizes=[images[index].size[::-1] for index in indices]
+            )
             label_maps = [m.cpu().numpy().astype(np.int64) for m in maps]
             weights = None
             if fusion_maps:
@@ -191,7 +187,7 @@ def load_segmenter(
             f"{source!r} has no usable image processor (preprocessor_config.json): {error}. Save one beside the "
             "model (image_processor.save_pretrained(folder)) so that inputs are normalised as in training."
         ) from error
-    return Segmenter(model, image_processor, device=device, size=parse_size(size))
+    return Segmenter(model, image_processor, device=device, size=parse_image_size(size))
 
 
 def _exported_engine_model(source: str) -> Any:
