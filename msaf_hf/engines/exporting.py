@@ -32,7 +32,15 @@ import torch
 from ..export import SegmentationLogits, export_onnx, has_context_pools
 from ..modeling_dsnet import DSNetForSemanticSegmentation
 from ._dependencies import require
-from .modeling import ENGINE_CONFIG_KEY, ENGINE_FILES, ENGINES, PRECISIONS, EngineSpec, load_segmenter
+from .modeling import (
+    ENGINE_CONFIG_KEY,
+    ENGINE_FILES,
+    ENGINES,
+    PRECISIONS,
+    EngineSpec,
+    load_segmenter,
+    onnxruntime_session,
+)
 from .quantization import DEFAULT_RECIPE, RECIPES, QuantizationRecipe, load_calibration_images, quantize
 
 logger = logging.getLogger(__name__)
@@ -75,7 +83,7 @@ def _export_onnx_model(model: torch.nn.Module, path: Path, example: torch.Tensor
 def _versions(engine: str, precision: str) -> dict[str, str]:
     import transformers
 
-    from .. import __version__
+    from ..version import __version__
 
     versions = {"msaf_hf": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
     modules = ["openvino"] if engine == "openvino" else ["onnxruntime", "onnx"]
@@ -235,19 +243,27 @@ def _write_image_processor(folder: Path, image_processor: Any, input_size: tuple
 
 
 def compare_with_torch(
-    folder: str | os.PathLike, model: torch.nn.Module, pixel_values: torch.Tensor, num_threads: int | None = None
-) -> dict[str, float]:
-    """Run an exported folder and `model` on `pixel_values`: the max |difference| of the logits relative to
-    max |torch logits|, and the share of pixels whose argmax class agrees.
+    export: str | os.PathLike, model: torch.nn.Module, pixel_values: torch.Tensor, num_threads: int | None = None
+) -> dict[str, Any]:
+    """Run an export and `model` on `pixel_values`: the max |difference| of the logits relative to max |torch
+    logits|, and the share of pixels whose argmax class agrees. `export` is a folder written by `export_to_engine`
+    or an ONNX file written by `msaf_hf.export.export_onnx` (run with ONNX Runtime).
 
     Also against the model run in float64 (the exact result, up to float64 rounding), for the engine and for torch's
     own float32: a float32 engine cannot be closer to torch float32 than float32 rounding allows, and on some weights
     (large logits that nearly cancel) that floor is itself ~1e-4."""
-    engine_model = load_segmenter(folder, num_threads=num_threads)
+    path = Path(export)
+    inputs = pixel_values.detach().float().cpu().contiguous()
     with torch.no_grad():
-        ours = engine_model(pixel_values=pixel_values).logits.double()
-        reference = model.eval()(pixel_values=pixel_values).logits.double()
-        exact = copy.deepcopy(model).double()(pixel_values=pixel_values.double()).logits
+        if path.is_file():
+            session = onnxruntime_session(path, num_threads)
+            ours = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]).double()
+        else:
+            ours = load_segmenter(path, num_threads=num_threads)(pixel_values=inputs).logits.double()
+        reference = model.eval()(pixel_values=inputs).logits.double()
+        exact = copy.deepcopy(model).double()(pixel_values=inputs.double()).logits
+    if ours.shape != reference.shape:
+        raise ValueError(f"The export's logits have shape {tuple(ours.shape)}, PyTorch's {tuple(reference.shape)}.")
 
     def relative(a: torch.Tensor, b: torch.Tensor) -> float:
         return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))

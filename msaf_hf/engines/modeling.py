@@ -237,17 +237,23 @@ class ONNXRuntimeSegmenter(EngineSegmenter):
     engine_name = "onnxruntime"
 
     def _load(self, folder: Path, spec: EngineSpec, num_threads: int | None) -> None:
-        ort = require("onnxruntime")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if num_threads:
-            options.intra_op_num_threads = int(num_threads)
-            options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(folder / spec.files[0]), options, providers=["CPUExecutionProvider"])
+        self._session = onnxruntime_session(folder / spec.files[0], num_threads)
         self._input_name = self._session.get_inputs()[0].name
 
     def _run(self, pixel_values: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input_name: pixel_values})[0]
+
+
+def onnxruntime_session(path: str | os.PathLike, num_threads: int | None = None) -> Any:
+    """The one ONNX Runtime session of msaf_hf: an `InferenceSession` on the CPU provider, all graph optimisations,
+    `num_threads` intra-op threads (default: ONNX Runtime's)."""
+    ort = require("onnxruntime")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if num_threads:
+        options.intra_op_num_threads = int(num_threads)
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 ENGINE_CLASSES: dict[str, type[EngineSegmenter]] = {"openvino": OpenVINOSegmenter, "onnxruntime": ONNXRuntimeSegmenter}

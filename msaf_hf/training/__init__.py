@@ -12,7 +12,8 @@ Arguments are three dataclasses parsed by transformers' ``HfArgumentParser``: :c
 
 Modules: :mod:`.arguments` (the argument dataclasses), :mod:`.models` (the model to train), :mod:`.optim`
 (optimiser, schedule), :mod:`.sampler` (data order), :mod:`.checkpointing` (``TrainerState``, checkpoint I/O),
-:mod:`.run_folder` (the output-folder lock, run ids), :mod:`.resume` (claiming the folder, checked resume),
+:mod:`.run_folder` (the output folder's life: lock, run ids, reuse rules, which checkpoint to resume), :mod:`.resume`
+(checked resume settings),
 :mod:`.accelerator` (Accelerator, trackers), :mod:`.card_data` (hyperparameters for the card), :mod:`.pushing`
 (Hub pushes), :mod:`.trainer` (the loop: :class:`~msaf_hf.training.trainer.Trainer`) and :mod:`.cli` (:func:`main`).
 Names are imported on first use.
@@ -57,10 +58,10 @@ _EXPORTS = {
     "create_scheduler": ".optim",
     "lr_factor": ".optim",
     "EpochShuffleSampler": ".sampler",
-    "CHECKPOINT_PREFIX": ".checkpointing",
+    "CHECKPOINT_PREFIX": ".run_folder",
     "TrainerState": ".checkpointing",
-    "find_latest_checkpoint": ".checkpointing",
-    "list_checkpoints": ".checkpointing",
+    "find_latest_checkpoint": ".run_folder",
+    "list_checkpoints": ".run_folder",
     "save_checkpoint": ".checkpointing",
     "save_model_folder": ".checkpointing",
     "create_accelerator": ".accelerator",

@@ -40,13 +40,8 @@ from .checkpointing import TrainerState, load_checkpoint, save_checkpoint, save_
 from .models import build_image_processor, build_model
 from .optim import create_optimizer, create_scheduler
 from .pushing import HubPushError, make_pusher, push_command
-from .resume import (
-    apply_changed_hyperparameters,
-    check_resume_settings,
-    claim_output_dir,
-    result_settings,
-    resumed_state,
-)
+from .resume import apply_changed_hyperparameters, check_resume_settings, result_settings, resumed_state
+from .run_folder import claim_output_dir
 from .sampler import EpochShuffleSampler
 
 logger = logging.getLogger(__name__)
@@ -221,7 +216,7 @@ class Trainer:
         """Load the checkpoint's state (after checking its settings); returns the settings changed on resume."""
         saved = TrainerState.load(resume_dir)
         changed = check_resume_settings(saved, self.state, self.args, resume_dir)
-        load_checkpoint(self.accelerator, resume_dir, run_id)
+        load_checkpoint(self.accelerator, resume_dir, run_id, self.unwrapped())
         if changed:
             apply_changed_hyperparameters(self.optimizer, self.scheduler, self.args)
         self.state = resumed_state(saved, self.state)
