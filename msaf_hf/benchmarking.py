@@ -27,7 +27,7 @@ PEER_MODELS = ("segformer-b0",)
 MODEL_NAMES = DSNET_PRESETS + PEER_MODELS
 INFERENCE_VARIANTS = ("eval", "deploy")
 # Exported engines (msaf_hf.engines; DSNet only): exported from the same weights at the benchmarked size, run with
-# torch's thread count. int8 is calibrated on a few random images (speed only) with the default recipe of
+# torch's thread count. int8 is calibrated on a few random images (speed only) with the default quantization scheme of
 # msaf_hf.engines.quantization, or the one an `InferenceCase` names.
 ENGINE_VARIANTS = ("openvino-fp32", "openvino-int8", "onnxruntime-fp32", "onnxruntime-int8")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -256,14 +256,14 @@ def measure_float32_peak(repeats: int = 5) -> float:
 @dataclass
 class InferenceCase:
     """One model variant to time: a model name, `eval`, `deploy` or an engine variant (`openvino-int8`, ...), a
-    memory format (`auto`, `contiguous`, `channels_last`), a compile mode, and for an int8 engine the quantisation
-    recipe (a name in `msaf_hf.engines.RECIPES`; None: the default recipe)."""
+    memory format (`auto`, `contiguous`, `channels_last`), a compile mode, and for an int8 engine the quantization
+    scheme (a name in `msaf_hf.engines.QUANTIZATION_SCHEMES`; None: the default scheme)."""
 
     name: str
     variant: str = "eval"
     memory_format: str = "auto"
     compile_mode: str = "none"
-    recipe: str | None = None
+    quantization_scheme: str | None = None
 
     def __post_init__(self) -> None:
         if self.name not in MODEL_NAMES:
@@ -278,8 +278,8 @@ class InferenceCase:
             raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {self.memory_format!r}.")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}.")
-        if self.recipe is not None and not self.variant.endswith("-int8"):
-            raise ValueError(f"a quantisation recipe applies to the int8 engine variants, not {self.variant!r}.")
+        if self.quantization_scheme is not None and not self.variant.endswith("-int8"):
+            raise ValueError(f"a quantization scheme applies to the int8 engine variants, not {self.variant!r}.")
 
 
 def benchmark_inference_cases(
@@ -402,7 +402,7 @@ def _prepare_engine_case(
     torch eval model, argmax agreement) goes into the record."""
     import json
 
-    from .engines import export_to_engine, load_segmenter
+    from .engines import export_to_engine, load_segmentation_model
 
     if case.name not in DSNET_PRESETS:
         raise ValueError(f"variant {case.variant!r} needs a DSNet model, got {case.name!r}.")
@@ -413,11 +413,11 @@ def _prepare_engine_case(
     if precision == "int8":
         generator = torch.Generator().manual_seed(0)
         calibration = [torch.randn(1, channels, height, width, generator=generator) for _ in range(4)]
-    path = export_to_engine(model, os.path.join(folder, f"{case.variant}-{case.recipe}"), engine=engine,
+    path = export_to_engine(model, os.path.join(folder, f"{case.variant}-{case.quantization_scheme}"), engine=engine,
                             precision=precision, height=height, width=width, calibration_images=calibration,
-                            recipe=case.recipe)
+                            quantization_scheme=case.quantization_scheme)
     check = json.loads(open(os.path.join(path, "config.json"), encoding="utf-8").read())["engine"].get("check")
-    engine_model = load_segmenter(path, num_threads=torch.get_num_threads())
+    engine_model = load_segmentation_model(path, num_threads=torch.get_num_threads())
     pixel_values = torch.randn(shape)
     record: dict[str, Any] = {
         "mode": "inference", "model": case.name, "variant": case.variant, "batch_size": batch_size,
@@ -427,8 +427,8 @@ def _prepare_engine_case(
         "engine_check": check, "weights": weights or "random",
     }
     if precision == "int8":
-        record["recipe"] = json.loads(open(os.path.join(path, "config.json"), encoding="utf-8").read())["engine"][
-            "quantization"]["recipe"]["name"]
+        record["quantization_scheme"] = json.loads(open(os.path.join(path, "config.json"), encoding="utf-8").read())[
+            "engine"]["quantization"]["scheme"]["name"]
 
     def step(engine_model: nn.Module = engine_model, pixel_values: torch.Tensor = pixel_values) -> Any:
         return engine_model(pixel_values=pixel_values).logits

@@ -9,9 +9,9 @@ adaptive context pools of MSAF as OpenVINO's `AdaptiveAvgPool`: the export takes
 adaptive pool, so an ONNX Runtime export of an MSAF model is fixed to `--height`x`--width` (its
 preprocessor_config.json resizes to that size; another size is a clear error).
 
-int8 quantises with NNCF's post-training quantisation on calibration images, with the recipe of
-`msaf_hf.engines.quantization` (`--recipe`: `balanced` by default, `accurate` keeps the shared trunk in float32;
-see docs/int8.md).
+int8 quantises with NNCF's post-training quantisation on calibration images, with a
+quantization scheme of `msaf_hf.engines.quantization` (`--quantization_scheme`: `balanced` by default, `accurate`
+keeps the shared trunk in float32; see docs/int8.md).
 """
 
 from __future__ import annotations
@@ -38,10 +38,16 @@ from .modeling import (
     ENGINES,
     PRECISIONS,
     EngineSpec,
-    load_segmenter,
+    load_segmentation_model,
     onnxruntime_session,
 )
-from .quantization import DEFAULT_RECIPE, RECIPES, QuantizationRecipe, load_calibration_images, quantize
+from .quantization import (
+    DEFAULT_QUANTIZATION_SCHEME,
+    QUANTIZATION_SCHEMES,
+    QuantizationScheme,
+    load_calibration_images,
+    quantize,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +120,7 @@ def export_to_engine(
     height: int = 512,
     width: int = 1024,
     calibration_images: Sequence[torch.Tensor] | None = None,
-    recipe: QuantizationRecipe | str | None = None,
+    quantization_scheme: QuantizationScheme | str | None = None,
     image_processor: Any = None,
     check: bool = True,
 ) -> Path:
@@ -127,13 +133,14 @@ def export_to_engine(
         height, width: the traced example size; the fixed input size where the engine cannot take any size.
         calibration_images: for int8, normalised `(3, H, W)` or `(1, 3, H, W)` tensors, e.g. from
             `load_calibration_images` (for a fixed-size engine they must be `height`x`width`).
-        recipe: the int8 recipe (a `QuantizationRecipe` or a name in `RECIPES`); default: `DEFAULT_RECIPE`.
+        quantization_scheme: how to quantise to int8 (a `QuantizationScheme` or a name in `QUANTIZATION_SCHEMES`);
+            default: `DEFAULT_QUANTIZATION_SCHEME`.
         image_processor: written as preprocessor_config.json (default: the model's own, or DSNet's default);
             for a fixed-size engine it is set to resize to `height`x`width`.
         check: run the export once (fp32: on a random image; int8: on the first calibration image) and record its
             difference to the PyTorch model in the config.
 
-    Returns the output folder, loadable with `msaf_hf.engines.load_segmenter`.
+    Returns the output folder, loadable with `msaf_hf.engines.load_segmentation_model`.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
@@ -159,7 +166,8 @@ def export_to_engine(
         ]
         if not calibration_images:
             raise ValueError("The calibration set is empty: int8 needs at least one calibration image.")
-    recipe = RECIPES[recipe] if isinstance(recipe, str) else (recipe or DEFAULT_RECIPE)
+    scheme = quantization_scheme
+    scheme = QUANTIZATION_SCHEMES[scheme] if isinstance(scheme, str) else (scheme or DEFAULT_QUANTIZATION_SCHEME)
     deployed = _deployed_copy(model)
     dynamic_spatial = engine == "openvino" or not has_context_pools(deployed)
     input_size = None if dynamic_spatial else (height, width)
@@ -181,13 +189,13 @@ def export_to_engine(
             ov = require("openvino")
             graph = _convert_openvino(deployed, example, dynamic_spatial)
             if precision == "int8":
-                graph, quantization_record = quantize(graph, "openvino", calibration_images, recipe)
+                graph, quantization_record = quantize(graph, "openvino", calibration_images, scheme)
             ov.save_model(graph, str(staging / ENGINE_FILES["openvino"][0]), compress_to_fp16=False)
         else:
             path = staging / ENGINE_FILES["onnxruntime"][0]
             graph = _export_onnx_model(deployed, path, example)
             if precision == "int8":
-                graph, quantization_record = quantize(graph, "onnxruntime", calibration_images, recipe)
+                graph, quantization_record = quantize(graph, "onnxruntime", calibration_images, scheme)
                 require("onnx").save(graph, str(path))
         spec = EngineSpec(
             name=engine, precision=precision, input_size=input_size, example_size=(height, width),
@@ -259,7 +267,7 @@ def compare_with_torch(
             session = onnxruntime_session(path, num_threads)
             ours = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]).double()
         else:
-            ours = load_segmenter(path, num_threads=num_threads)(pixel_values=inputs).logits.double()
+            ours = load_segmentation_model(path, num_threads=num_threads)(pixel_values=inputs).logits.double()
         reference = model.eval()(pixel_values=inputs).logits.double()
         exact = copy.deepcopy(model).double()(pixel_values=inputs.double()).logits
     if ours.shape != reference.shape:
@@ -305,10 +313,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--id2label_file", default=None,
                         help="class names of a calibration dataset that does not name them (e.g. camvid_id2label.json; "
                              "packaged names are found too), as in the training recipe")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE.name,
-                        help=f"int8 recipe (default {DEFAULT_RECIPE.name!r}: keeps accuracy; see docs/int8.md)")
+    parser.add_argument("--quantization_scheme", choices=sorted(QUANTIZATION_SCHEMES), default=None,
+                        help=f"how int8 quantises (default {DEFAULT_QUANTIZATION_SCHEME.name!r}: keeps accuracy; see "
+                             "docs/int8.md)")
+    parser.add_argument("--recipe", choices=sorted(QUANTIZATION_SCHEMES), default=None,
+                        help="deprecated spelling of --quantization_scheme")
     parser.add_argument("--no_check", action="store_true", help="skip the parity check against PyTorch")
     return parser
+
+
+def _quantization_scheme(args: argparse.Namespace) -> str:
+    """--quantization_scheme, or its deprecated spelling --recipe (with a warning)."""
+    if args.recipe is not None:
+        if args.quantization_scheme not in (None, args.recipe):
+            raise SystemExit(f"--recipe {args.recipe} and --quantization_scheme {args.quantization_scheme} disagree; "
+                             "pass --quantization_scheme only (--recipe is its deprecated spelling).")
+        logger.warning("--recipe is deprecated: pass --quantization_scheme %s.", args.recipe)
+        return args.recipe
+    return args.quantization_scheme or DEFAULT_QUANTIZATION_SCHEME.name
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -329,7 +351,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         )
     output = export_to_engine(
         model, args.output_dir, engine=args.engine, precision=args.precision, height=args.height, width=args.width,
-        calibration_images=calibration, recipe=args.recipe, image_processor=_load_image_processor(args.model),
+        calibration_images=calibration, quantization_scheme=_quantization_scheme(args),
+        image_processor=_load_image_processor(args.model),
         check=not args.no_check,
     )
     spec = json.loads((output / "config.json").read_text("utf-8"))[ENGINE_CONFIG_KEY]

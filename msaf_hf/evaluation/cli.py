@@ -122,11 +122,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def load_evaluation_model(eval_args: EvaluationArguments, accelerator: Any) -> torch.nn.Module:
     """The model to evaluate, on ``accelerator``'s device (in its mixed precision, channels-last if asked)."""
-    from ..engines import load_segmenter
+    from ..engines import load_segmentation_model
 
     # A folder written by scripts/export.py loads as its engine model (OpenVINO / ONNX Runtime), anything else as
     # the PyTorch model.
-    model = load_segmenter(eval_args.model_name_or_path, revision=eval_args.revision)
+    model = load_segmentation_model(eval_args.model_name_or_path, revision=eval_args.revision)
     model.to(accelerator.device)
     if accelerator.mixed_precision != "no":
         model = accelerator.prepare_model(model, evaluation_mode=True)  # autocast wrapper only

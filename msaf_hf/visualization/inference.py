@@ -194,10 +194,9 @@ def _exported_engine_model(source: str) -> Any:
     """The engine model of a folder written by ``scripts/export.py`` (OpenVINO / ONNX Runtime), else None. Needs
     msaf_hf installed; a Space's copy of this module loads Hub models only."""
     try:
-        from msaf_hf.engines import load_segmenter as load_engine_or_model
-        from msaf_hf.engines import read_engine_spec
+        from msaf_hf.engines import load_segmentation_model, read_engine_spec
     except ImportError:
         return None
     if not os.path.isdir(source) or read_engine_spec(source) is None:
         return None
-    return load_engine_or_model(source)
+    return load_segmentation_model(source)
