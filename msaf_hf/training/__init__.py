@@ -7,7 +7,7 @@ The command line (``scripts/train.py``) is a thin wrapper around :func:`main`::
 
 Arguments are three dataclasses parsed by transformers' ``HfArgumentParser``: :class:`ModelArguments`
 (which model), :class:`msaf_hf.data.DataArguments` (which data, augmentation) and
-:class:`TrainingArguments` (optimisation, checkpoints, logging; ours, not transformers'). A recipe file
+:class:`DSNetTrainingArguments` (optimisation, checkpoints, logging; ours, not transformers'). A recipe file
 (``--config x.yaml``, flat ``name: value`` pairs) sets any of them; flags given on the command line win.
 
 Modules: :mod:`.arguments` (the argument dataclasses), :mod:`.models` (the model to train), :mod:`.optim`
@@ -15,7 +15,8 @@ Modules: :mod:`.arguments` (the argument dataclasses), :mod:`.models` (the model
 :mod:`.run_folder` (the output folder's life: lock, run ids, reuse rules, which checkpoint to resume), :mod:`.resume`
 (checked resume settings),
 :mod:`.accelerator` (Accelerator, trackers), :mod:`.card_data` (hyperparameters for the card), :mod:`.pushing`
-(Hub pushes), :mod:`.trainer` (the loop: :class:`~msaf_hf.training.trainer.Trainer`) and :mod:`.cli` (:func:`main`).
+(Hub pushes), :mod:`.trainer` (the loop: :class:`~msaf_hf.training.trainer.DSNetTrainer`) and :mod:`.cli`
+(:func:`main`).
 Names are imported on first use.
 
 What :func:`train` guarantees:
@@ -50,7 +51,7 @@ from typing import Any
 
 _EXPORTS = {
     "ModelArguments": ".arguments",
-    "TrainingArguments": ".arguments",
+    "DSNetTrainingArguments": ".arguments",
     "parse_args": ".arguments",
     "build_model": ".models",
     "build_image_processor": ".models",
@@ -67,7 +68,7 @@ _EXPORTS = {
     "create_accelerator": ".accelerator",
     "HubPushError": ".pushing",
     "TrainOutput": ".trainer",
-    "Trainer": ".trainer",
+    "DSNetTrainer": ".trainer",
     "train": ".trainer",
     "main": ".cli",
     "load_recipe": "..recipes",

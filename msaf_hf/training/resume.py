@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DataArguments
-from .arguments import ModelArguments, TrainingArguments
+from .arguments import DSNetTrainingArguments, ModelArguments
 from .checkpointing import TrainerState
 
 logger = logging.getLogger(__name__)
@@ -45,8 +45,8 @@ _NOT_CONFIG_SETTINGS = {"transformers_version", "_name_or_path", "architectures"
                         "label2id"}
 
 
-def result_settings(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments, accelerator: Any,
-                    max_steps: int, config: Any) -> dict[str, Any]:
+def result_settings(model_args: ModelArguments, data_args: DataArguments, args: DSNetTrainingArguments,
+                    accelerator: Any, max_steps: int, config: Any) -> dict[str, Any]:
     """Every setting that changes the trained weights, flat and JSON-ready: training and data arguments, the
     process count, mixed precision, the resolved number of steps and the model config (as ``config.<name>``)."""
     values: dict[str, Any] = {}
@@ -62,7 +62,7 @@ def result_settings(model_args: ModelArguments, data_args: DataArguments, args: 
 _UNCHANGEABLE_SETTINGS = {"optimizer": "the optimiser state of one optimiser cannot continue another"}
 
 
-def check_resume_settings(saved: TrainerState, current: TrainerState, args: TrainingArguments,
+def check_resume_settings(saved: TrainerState, current: TrainerState, args: DSNetTrainingArguments,
                            checkpoint: Path) -> dict[str, tuple[Any, Any]]:
     """{name: (checkpoint's value, this run's value)} of the settings that differ; an error unless
     ``--allow_changed_settings``."""
@@ -91,7 +91,7 @@ def check_resume_settings(saved: TrainerState, current: TrainerState, args: Trai
     return changed
 
 
-def apply_changed_hyperparameters(optimizer: Any, scheduler: Any, args: TrainingArguments) -> None:
+def apply_changed_hyperparameters(optimizer: Any, scheduler: Any, args: DSNetTrainingArguments) -> None:
     """After ``load_state`` restored the checkpoint's optimiser and schedule: use this run's hyperparameters, so
     that what is recorded is what is used."""
     inner = getattr(scheduler, "scheduler", scheduler)  # Accelerate's AcceleratedScheduler wraps the LambdaLR

@@ -1,7 +1,7 @@
-"""The training loop: :class:`Trainer` (one run) and :func:`train`.
+"""The training loop: :class:`DSNetTrainer` (one run) and :func:`train`.
 
-``Trainer(model_args, data_args, args)`` claims the output folder and builds everything the run needs, prepared by
-Accelerate and resumed from a checkpoint if asked; :meth:`Trainer.train` runs the loop, evaluates, checkpoints,
+``DSNetTrainer(model_args, data_args, args)`` claims the output folder and builds everything the run needs, prepared by
+Accelerate and resumed from a checkpoint if asked; :meth:`DSNetTrainer.train` runs the loop, evaluates, checkpoints,
 saves ``final/`` (and ``best/``) and pushes. See :mod:`msaf_hf.training` for what is guaranteed.
 """
 
@@ -34,7 +34,7 @@ from ..evaluation.results import (
     write_results_file,
 )
 from .accelerator import broadcast_buffers, create_accelerator, setup_logging
-from .arguments import ModelArguments, TrainingArguments
+from .arguments import DSNetTrainingArguments, ModelArguments
 from .card_data import card_hyperparameters, flat_hparams
 from .checkpointing import TrainerState, load_checkpoint, save_checkpoint, save_model_folder
 from .models import build_image_processor, build_model
@@ -46,7 +46,7 @@ from .sampler import EpochShuffleSampler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StepCallback", "TrainOutput", "Trainer", "plan_steps", "train"]
+__all__ = ["StepCallback", "TrainOutput", "DSNetTrainer", "plan_steps", "train"]
 
 StepCallback = Callable[[TrainerState], bool | None]
 
@@ -70,7 +70,7 @@ class TrainOutput:
 def train(
     model_args: ModelArguments,
     data_args: DataArguments,
-    args: TrainingArguments,
+    args: DSNetTrainingArguments,
     callbacks: Iterable[StepCallback] = (),
 ) -> TrainOutput:
     """Train (or fine-tune) DSNet; see :mod:`msaf_hf.training` for what is guaranteed.
@@ -79,14 +79,14 @@ def train(
     that step) with the :class:`TrainerState`; returning True stops training early (the final model is still
     evaluated and saved). Exceptions they raise propagate (e.g. to simulate a crash in tests).
     """
-    trainer = Trainer(model_args, data_args, args)
+    trainer = DSNetTrainer(model_args, data_args, args)
     try:
         return trainer.train(callbacks)
     finally:
         trainer.release()
 
 
-def plan_steps(num_examples: int, args: TrainingArguments, num_processes: int) -> tuple[int, int, int, int]:
+def plan_steps(num_examples: int, args: DSNetTrainingArguments, num_processes: int) -> tuple[int, int, int, int]:
     """(optimiser steps per epoch, examples used per epoch, max_steps, number of epochs)."""
     per_step = args.per_device_train_batch_size * num_processes * args.gradient_accumulation_steps
     steps_per_epoch = num_examples // per_step
@@ -106,7 +106,7 @@ def plan_steps(num_examples: int, args: TrainingArguments, num_processes: int) -
     return steps_per_epoch, steps_per_epoch * per_step, max_steps, num_epochs
 
 
-class Trainer:
+class DSNetTrainer:
     """One training run. The output folder stays locked (main process) from construction until :meth:`release`.
 
     Attributes after construction: ``accelerator``, ``data`` (``SegmentationData``), ``model`` (prepared: DDP-wrapped
@@ -115,7 +115,7 @@ class Trainer:
     ``metrics`` and ``confusion`` of the last one, ``best_dir``.
     """
 
-    def __init__(self, model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> None:
+    def __init__(self, model_args: ModelArguments, data_args: DataArguments, args: DSNetTrainingArguments) -> None:
         self.model_args, self.data_args, self.args = model_args, data_args, args
         self.accelerator = create_accelerator(args)
         setup_logging(self.accelerator)
