@@ -40,7 +40,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def build_model(name: str, num_labels: int = 19, seed: int = 0, weights: str | None = None) -> nn.Module:
+def build_benchmark_model(name: str, num_labels: int = 19, seed: int = 0, weights: str | None = None) -> nn.Module:
     """A randomly initialised model by name: a DSNet preset (`dsnet`, `dsnet-head64`, `dsnet-head256`,
     `dsnet-base`, with auxiliary heads as published) or the peer `segformer-b0` (transformers'
     `SegformerForSemanticSegmentation` with the B0 defaults of `SegformerConfig`). Nothing is downloaded.
@@ -307,7 +307,7 @@ def benchmark_inference_cases(
     alike and their ratios stay meaningful; otherwise each variant is timed to completion in turn.
     `inductor_freezing` compiles with `torch._inductor.config.freezing` (weights as constants: on CPU,
     prepacked oneDNN convolutions fused with their activations). `dsnet_weights`: a `from_pretrained` source whose
-    weights the DSNet rows use instead of random ones (see `build_model`).
+    weights the DSNet rows use instead of random ones (see `build_benchmark_model`).
 
     `float32_peak` (CPU): a large float32 convolution (`measure_float32_peak`) is timed in every round too, and each
     record gets `float32_peak_flops` (its median FLOP/s) and `share_of_float32_peak` (the median over rounds of the
@@ -336,7 +336,7 @@ def benchmark_inference_cases(
             )
             continue
         fmt = resolve_memory_format(case.memory_format, case.variant)
-        model = build_model(case.name, num_labels, weights=dsnet_weights)
+        model = build_benchmark_model(case.name, num_labels, weights=dsnet_weights)
         model = prepare_inference_model(model, case.variant, device, dtype, fmt, "none")
         record: dict[str, Any] = {
             "mode": "inference",
@@ -408,7 +408,7 @@ def _prepare_engine_case(
         raise ValueError(f"variant {case.variant!r} needs a DSNet model, got {case.name!r}.")
     engine, precision = case.variant.split("-")
     batch_size, channels, height, width = shape
-    model = build_model(case.name, num_labels, weights=weights).eval()
+    model = build_benchmark_model(case.name, num_labels, weights=weights).eval()
     calibration = None
     if precision == "int8":
         generator = torch.Generator().manual_seed(0)
@@ -487,7 +487,7 @@ __all__ = [
     "time_callables",
     "benchmark_inference",
     "benchmark_inference_cases",
-    "build_model",
+    "build_benchmark_model",
     "count_flops",
     "count_parameters",
     "environment",

@@ -24,8 +24,8 @@ import torch
 from ..data import DataArguments, load_segmentation_data
 from ..image_processing_dsnet import DSNetImageProcessor
 from ..recipes import parse_command_line
+from ..results import dataset_description, write_results_file
 from .evaluator import accelerator_available, evaluate, format_results_table, results_to_json
-from .results import dataset_description, write_results_file
 
 logger = logging.getLogger(__name__)
 

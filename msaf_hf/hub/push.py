@@ -18,7 +18,7 @@ from typing import Any, Literal
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, get_token
 from huggingface_hub import constants as hf_constants
 
-from ..evaluation.results import (
+from ..results import (
     ALL_RESULTS_FILE,
     EVAL_RESULTS_FILE,
     FIGURE_TITLES,

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from ..data import DataArguments, SegmentationData, collate_fn, load_segmentation_data
 from ..evaluation import evaluator
-from ..evaluation.results import (
+from ..results import (
     ALL_RESULTS_FILE,
     EVAL_RESULTS_FILE,
     HYPERPARAMETERS_FILE,
@@ -374,7 +374,7 @@ class DSNetTrainer:
         self.model.train()
 
     def eval_results(self) -> dict[str, Any]:
-        """The ``eval_results.json`` content of the last evaluation (:mod:`msaf_hf.evaluation.results`)."""
+        """The ``eval_results.json`` content of the last evaluation (:mod:`msaf_hf.results`)."""
         return eval_results(self.metrics, self.data.id2label, step=self.state.global_step, **self.dataset_info)
 
     def write_figures(self, folder: Path, results: dict[str, Any] | None = None) -> None:
