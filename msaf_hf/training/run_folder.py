@@ -28,9 +28,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
+
+if TYPE_CHECKING:  # (not imported at run time: the lock loads on its own)
+    from .arguments import DSNetTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -307,9 +310,9 @@ class RunLock:
 # ------------------------------------------------------------------------------------------------ reuse and resume
 
 
-def resolve_resume(args: Any, owner: str | None) -> Path | None:
-    """The checkpoint to resume from (``args``: the run's ``DSNetTrainingArguments``): ``latest`` of the run owning
-    output_dir, or the given folder; None without ``--resume_from_checkpoint``."""
+def resolve_resume(args: DSNetTrainingArguments, owner: str | None) -> Path | None:
+    """The checkpoint to resume from: ``latest`` of the run owning output_dir, or the given folder; None without
+    ``--resume_from_checkpoint``."""
     value = args.resume_from_checkpoint
     if value is None:
         return None
@@ -331,7 +334,7 @@ def resolve_resume(args: Any, owner: str | None) -> Path | None:
     return path
 
 
-def prepare_output_dir(args: Any) -> tuple[Path | None, str]:
+def prepare_output_dir(args: DSNetTrainingArguments) -> tuple[Path | None, str]:
     """Decide who owns ``output_dir`` for this run (main process, lock held): (checkpoint to resume, run id).
 
     A new run needs a folder without earlier results, or ``--overwrite_output_dir`` (which deletes them first); a
@@ -375,7 +378,9 @@ def prepare_output_dir(args: Any) -> tuple[Path | None, str]:
     return resume_dir, run_id
 
 
-def claim_output_dir(args: Any, accelerator: Any) -> tuple[RunLock | None, Path | None, str]:
+def claim_output_dir(
+    args: DSNetTrainingArguments, accelerator: Any
+) -> tuple[RunLock | None, Path | None, str]:
     """Lock ``output_dir`` on the main process and settle its ownership; every process gets the verdict.
 
     Returns (the lock on the main process, else None; checkpoint to resume; run id). A refusal is raised on every
