@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from .palettes import label_colors
 
@@ -138,7 +139,7 @@ class Segmenter:
             logits = outputs.logits.float()
             # The image processor owns logits -> label map (upsampling to each image's size, then class ids).
             maps = self.image_processor.post_process_semantic_segmentation(
-                logits, target_sizes=[images[index].size[::-1] for index in indices]
+                SemanticSegmenterOutput(logits=logits), target_sizes=[images[index].size[::-1] for index in indices]
             )
             label_maps = [m.cpu().numpy().astype(np.int64) for m in maps]
             weights = None
