@@ -25,8 +25,7 @@ from .modeling_dsnet import (
     DSNetSemanticSegmenterOutput,
 )
 from .presets import list_presets, load_preset
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 AutoConfig.register(DSNetConfig.model_type, DSNetConfig, exist_ok=True)
 AutoModel.register(DSNetConfig, DSNetModel, exist_ok=True)

@@ -27,7 +27,7 @@ PEER_MODELS = ("segformer-b0",)
 MODEL_NAMES = DSNET_PRESETS + PEER_MODELS
 INFERENCE_VARIANTS = ("eval", "deploy")
 # Exported engines (msaf_hf.engines; DSNet only): exported from the same weights at the benchmarked size, run with
-# torch's thread count. int8 is calibrated on a few random images (speed only) with the default recipe of
+# torch's thread count. int8 is calibrated on a few random images (speed only) with the default quantization scheme of
 # msaf_hf.engines.quantization, or the one an `InferenceCase` names.
 ENGINE_VARIANTS = ("openvino-fp32", "openvino-int8", "onnxruntime-fp32", "onnxruntime-int8")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -40,7 +40,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def build_model(name: str, num_labels: int = 19, seed: int = 0, weights: str | None = None) -> nn.Module:
+def build_benchmark_model(name: str, num_labels: int = 19, seed: int = 0, weights: str | None = None) -> nn.Module:
     """A randomly initialised model by name: a DSNet preset (`dsnet`, `dsnet-head64`, `dsnet-head256`,
     `dsnet-base`, with auxiliary heads as published) or the peer `segformer-b0` (transformers'
     `SegformerForSemanticSegmentation` with the B0 defaults of `SegformerConfig`). Nothing is downloaded.
@@ -256,14 +256,14 @@ def measure_float32_peak(repeats: int = 5) -> float:
 @dataclass
 class InferenceCase:
     """One model variant to time: a model name, `eval`, `deploy` or an engine variant (`openvino-int8`, ...), a
-    memory format (`auto`, `contiguous`, `channels_last`), a compile mode, and for an int8 engine the quantisation
-    recipe (a name in `msaf_hf.engines.RECIPES`; None: the default recipe)."""
+    memory format (`auto`, `contiguous`, `channels_last`), a compile mode, and for an int8 engine the quantization
+    scheme (a name in `msaf_hf.engines.QUANTIZATION_SCHEMES`; None: the default scheme)."""
 
     name: str
     variant: str = "eval"
     memory_format: str = "auto"
     compile_mode: str = "none"
-    recipe: str | None = None
+    quantization_scheme: str | None = None
 
     def __post_init__(self) -> None:
         if self.name not in MODEL_NAMES:
@@ -278,8 +278,8 @@ class InferenceCase:
             raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {self.memory_format!r}.")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}.")
-        if self.recipe is not None and not self.variant.endswith("-int8"):
-            raise ValueError(f"a quantisation recipe applies to the int8 engine variants, not {self.variant!r}.")
+        if self.quantization_scheme is not None and not self.variant.endswith("-int8"):
+            raise ValueError(f"a quantization scheme applies to the int8 engine variants, not {self.variant!r}.")
 
 
 def benchmark_inference_cases(
@@ -307,7 +307,7 @@ def benchmark_inference_cases(
     alike and their ratios stay meaningful; otherwise each variant is timed to completion in turn.
     `inductor_freezing` compiles with `torch._inductor.config.freezing` (weights as constants: on CPU,
     prepacked oneDNN convolutions fused with their activations). `dsnet_weights`: a `from_pretrained` source whose
-    weights the DSNet rows use instead of random ones (see `build_model`).
+    weights the DSNet rows use instead of random ones (see `build_benchmark_model`).
 
     `float32_peak` (CPU): a large float32 convolution (`measure_float32_peak`) is timed in every round too, and each
     record gets `float32_peak_flops` (its median FLOP/s) and `share_of_float32_peak` (the median over rounds of the
@@ -336,7 +336,7 @@ def benchmark_inference_cases(
             )
             continue
         fmt = resolve_memory_format(case.memory_format, case.variant)
-        model = build_model(case.name, num_labels, weights=dsnet_weights)
+        model = build_benchmark_model(case.name, num_labels, weights=dsnet_weights)
         model = prepare_inference_model(model, case.variant, device, dtype, fmt, "none")
         record: dict[str, Any] = {
             "mode": "inference",
@@ -402,22 +402,22 @@ def _prepare_engine_case(
     torch eval model, argmax agreement) goes into the record."""
     import json
 
-    from .engines import export_to_engine, load_segmenter
+    from .engines import export_to_engine, load_segmentation_model
 
     if case.name not in DSNET_PRESETS:
         raise ValueError(f"variant {case.variant!r} needs a DSNet model, got {case.name!r}.")
     engine, precision = case.variant.split("-")
     batch_size, channels, height, width = shape
-    model = build_model(case.name, num_labels, weights=weights).eval()
+    model = build_benchmark_model(case.name, num_labels, weights=weights).eval()
     calibration = None
     if precision == "int8":
         generator = torch.Generator().manual_seed(0)
         calibration = [torch.randn(1, channels, height, width, generator=generator) for _ in range(4)]
-    path = export_to_engine(model, os.path.join(folder, f"{case.variant}-{case.recipe}"), engine=engine,
+    path = export_to_engine(model, os.path.join(folder, f"{case.variant}-{case.quantization_scheme}"), engine=engine,
                             precision=precision, height=height, width=width, calibration_images=calibration,
-                            recipe=case.recipe)
+                            quantization_scheme=case.quantization_scheme)
     check = json.loads(open(os.path.join(path, "config.json"), encoding="utf-8").read())["engine"].get("check")
-    engine_model = load_segmenter(path, num_threads=torch.get_num_threads())
+    engine_model = load_segmentation_model(path, num_threads=torch.get_num_threads())
     pixel_values = torch.randn(shape)
     record: dict[str, Any] = {
         "mode": "inference", "model": case.name, "variant": case.variant, "batch_size": batch_size,
@@ -427,8 +427,8 @@ def _prepare_engine_case(
         "engine_check": check, "weights": weights or "random",
     }
     if precision == "int8":
-        record["recipe"] = json.loads(open(os.path.join(path, "config.json"), encoding="utf-8").read())["engine"][
-            "quantization"]["recipe"]["name"]
+        record["quantization_scheme"] = json.loads(open(os.path.join(path, "config.json"), encoding="utf-8").read())[
+            "engine"]["quantization"]["scheme"]["name"]
 
     def step(engine_model: nn.Module = engine_model, pixel_values: torch.Tensor = pixel_values) -> Any:
         return engine_model(pixel_values=pixel_values).logits
@@ -487,7 +487,7 @@ __all__ = [
     "time_callables",
     "benchmark_inference",
     "benchmark_inference_cases",
-    "build_model",
+    "build_benchmark_model",
     "count_flops",
     "count_parameters",
     "environment",

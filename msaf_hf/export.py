@@ -1,4 +1,4 @@
-"""Export DSNet for inference: ONNX (checked against onnxruntime) and `torch.export`.
+"""Export DSNet for inference: ONNX and `torch.export`.
 
 Both exports trace a small wrapper that takes `pixel_values` and returns the main head's `logits` (1/4 of the
 input resolution, as the model returns them), so the exported graph has one input and one output. Export a
@@ -13,13 +13,13 @@ Shapes:
   kernels are computed from the example's size, which would silently be wrong at any other size. Models
   without context pools (`fusion_type="aff"` or `"add"`) can be exported with a dynamic spatial size.
 
-ONNX export needs the `onnx` and `onnxscript` packages, and checking it needs `onnxruntime`.
+ONNX export needs the `onnx` and `onnxscript` packages. Running and checking an export against PyTorch is
+`msaf_hf.engines` (`compare_with_torch`, with `onnxruntime`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -187,47 +187,8 @@ def export_onnx(
     return path
 
 
-def onnx_session(path: str | os.PathLike, providers: Sequence[str] = ("CPUExecutionProvider",)):
-    """An onnxruntime `InferenceSession` for an exported file."""
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise ImportError("Checking an ONNX export needs onnxruntime: pip install onnxruntime") from error
-    return onnxruntime.InferenceSession(str(path), providers=list(providers))
-
-
-def compare_onnx(
-    path: str | os.PathLike,
-    model: nn.Module,
-    pixel_values: torch.Tensor,
-    providers: Sequence[str] = ("CPUExecutionProvider",),
-) -> dict[str, float]:
-    """Run the ONNX file with onnxruntime and the model with PyTorch on the same (float32, CPU) batch.
-
-    Returns `max_abs_diff` (max |onnxruntime - torch| over the logits), `max_abs_reference` (max |torch|) and
-    `relative` (their ratio). Raises if the output shapes differ."""
-    wrapper = _as_export_module(model)
-    session = onnx_session(path, providers)
-    inputs = pixel_values.detach().float().cpu().contiguous()
-    (ours,) = session.run(["logits"], {"pixel_values": inputs.numpy()})
-    with torch.no_grad():
-        reference = wrapper(pixel_values).float().cpu()
-    ours = torch.from_numpy(ours)
-    if ours.shape != reference.shape:
-        raise AssertionError(f"ONNX logits have shape {tuple(ours.shape)}, PyTorch's {tuple(reference.shape)}.")
-    max_abs_diff = (ours - reference).abs().max().item()
-    max_abs_reference = reference.abs().max().item()
-    return {
-        "max_abs_diff": max_abs_diff,
-        "max_abs_reference": max_abs_reference,
-        "relative": max_abs_diff / max(max_abs_reference, torch.finfo(torch.float32).tiny),
-    }
-
-
 __all__ = [
     "SegmentationLogits",
-    "compare_onnx",
     "export_onnx",
     "export_program",
-    "onnx_session",
 ]

@@ -32,7 +32,13 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType, logging
 
-__all__ = ["DSNetImageProcessor", "DSNetImageProcessorKwargs"]
+__all__ = [
+    "DSNetImageProcessor",
+    "DSNetImageProcessorKwargs",
+    "label_map_from_scores",
+    "resize_label_map",
+    "resize_scores",
+]
 
 # Channel counts that `PilBackend` knows how to turn into RGB (grayscale, RGB, RGBA).
 _SUPPORTED_CHANNELS = (1, 3, 4)
@@ -262,7 +268,7 @@ class DSNetImageProcessor(PilBackend):
         if do_reduce_labels:
             label_map = self.reduce_label(label_map, ignore_index)
         if do_resize:
-            label_map = _resize_label_map(label_map, self._target_size(label_map.shape, size))
+            label_map = resize_label_map(label_map, self._target_size(label_map.shape, size))
         return label_map
 
     def _target_size(self, height_width: tuple[int, int], size: SizeDict) -> tuple[int, int]:
@@ -302,7 +308,7 @@ class DSNetImageProcessor(PilBackend):
         """
         logits = _get_logits(outputs)
         if target_sizes is None:
-            segmentation = _class_ids(logits, dim=1)
+            segmentation = label_map_from_scores(logits, dim=1)
             results = [
                 SemanticSegmentationPostProcessorOutput(
                     data={"segmentation": segmentation[i], "segmentation_scores": logits[i]}
@@ -314,10 +320,10 @@ class DSNetImageProcessor(PilBackend):
             results = []
             for i, size in enumerate(sizes):
                 # One image at a time: every image of the batch may have its own original size.
-                scores = F.interpolate(logits[i : i + 1], size=size, mode="bilinear", align_corners=False)[0]
+                scores = resize_scores(logits[i : i + 1], size)[0]
                 results.append(
                     SemanticSegmentationPostProcessorOutput(
-                        data={"segmentation": _class_ids(scores, dim=0), "segmentation_scores": scores}
+                        data={"segmentation": label_map_from_scores(scores, dim=0), "segmentation_scores": scores}
                     )
                 )
         if return_segmentation_scores:
@@ -459,8 +465,12 @@ def _single_map(label_map: Any, name: str) -> np.ndarray:
     return label_map.astype(np.int64)
 
 
-def _resize_label_map(label_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an int64 map through PIL's 32-bit integer mode (exact for any label)."""
+def resize_label_map(label_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a class-id map to `size` (height, width), on the grid PIL gives the image.
+
+    The one label-map resize of msaf_hf (the image processor and the training augmentation): through PIL's 32-bit
+    integer mode, exact for any label that fits in int32; returns int64."""
+    label_map = np.asarray(label_map)
     info = np.iinfo(np.int32)
     if label_map.size and (label_map.min() < info.min or label_map.max() > info.max):
         raise ValueError("DSNetImageProcessor: segmentation map values must fit in int32 to be resized.")
@@ -482,8 +492,19 @@ def _check_same_size(arrays: list[np.ndarray], name: str) -> None:
 # ---------------------------------------------------------------------- post-processing helpers
 
 
-def _class_ids(scores: torch.Tensor, dim: int) -> torch.Tensor:
-    """Argmax over the class axis; one channel is a binary segmenter's foreground logit (class 1 where > 0)."""
+def resize_scores(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Class scores `(N, C, h, w)` resized to `size` (height, width) as DSNet upsamples its logits: bilinear,
+    `align_corners=False`."""
+    size = tuple(int(v) for v in size)
+    if tuple(logits.shape[-2:]) == size:
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def label_map_from_scores(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Class ids from class scores (logits or probabilities): the argmax over the class axis `dim`; one channel is
+    a binary segmenter's foreground logit (class 1 where > 0). The one logits -> label map rule of msaf_hf (the
+    image processor's post-processing, evaluation and the pictures use it)."""
     if scores.shape[dim] == 1:
         return (scores.squeeze(dim) > 0).long()
     return scores.argmax(dim=dim)

@@ -14,7 +14,7 @@ Examples (CPU, the figures in the README):
   python scripts/benchmark.py inference --models dsnet --variants eval deploy --memory-format contiguous channels_last
   python scripts/benchmark.py inference --models dsnet --variants eval deploy --compile none default --freezing
   python scripts/benchmark.py inference --models dsnet segformer-b0 --variants eval deploy openvino-fp32 \
-      openvino-int8 onnxruntime-fp32 onnxruntime-int8 --int8-recipes balanced accurate --compile none default \
+      openvino-int8 onnxruntime-fp32 onnxruntime-int8 --quantization_schemes balanced accurate --compile none default \
       --freezing --weights outputs/dsnet-published      # inference engines (needs the openvino/onnxruntime extras)
   python scripts/benchmark.py training --models dsnet --height 512 --width 1024 --batch-size 2 --channels-last both
   python scripts/benchmark.py metrics
@@ -30,9 +30,9 @@ that drifts during the run). FLOPs come from torch.utils.flop_counter.FlopCounte
 convolutions and matrix products only).
 
 Engine variants export the same weights (random, or `--weights`) to OpenVINO / ONNX Runtime at the benchmarked
-size (int8: one row per `--int8-recipes` recipe, calibrated on random inputs, so only its speed means anything) and
-report their logits against the eval model. For float32 on the CPU one large 3x3 convolution is timed in every
-round: each row's share of its FLOP/s shows how close the row runs to what float32 reaches on this machine.
+size (int8: one row per `--quantization_schemes` scheme, calibrated on random inputs, so only its speed means
+anything) and report their logits against the eval model. For float32 on the CPU one large 3x3 convolution is timed in
+every round: each row's share of its FLOP/s shows how close the row runs to what float32 reaches on this machine.
 
 One table on stdout; `--json PATH` (or `--json -`) also writes every figure with the environment.
 """
@@ -66,7 +66,7 @@ from msaf_hf.benchmarking import (  # noqa: E402
     benchmark_inference_cases,
     environment,
 )
-from msaf_hf.engines.quantization import DEFAULT_RECIPE, RECIPES  # noqa: E402
+from msaf_hf.engines.quantization import DEFAULT_QUANTIZATION_SCHEME, QUANTIZATION_SCHEMES  # noqa: E402
 from msaf_hf.training.throughput import TrainingCase, benchmark_training_cases  # noqa: E402
 
 METRICS_SCRIPT = Path(__file__).resolve().parent / "benchmark_metrics.py"
@@ -103,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                            default=list(INFERENCE_VARIANTS),
                            help="DSNet variants (SegFormer is always 'eval'); the engine variants export the same "
                                 "weights to OpenVINO / ONNX Runtime (msaf_hf.engines; needs the extras)")
-    inference.add_argument("--int8-recipes", nargs="+", choices=sorted(RECIPES), default=[DEFAULT_RECIPE.name],
-                           help="quantisation recipes of the int8 engine variants (one row each; see docs/int8.md)")
+    inference.add_argument("--quantization_schemes", "--int8-recipes", dest="quantization_schemes", nargs="+",
+                           choices=sorted(QUANTIZATION_SCHEMES), default=[DEFAULT_QUANTIZATION_SCHEME.name],
+                           help="quantization schemes of the int8 engine variants (one row each; see docs/int8.md; "
+                                "--int8-recipes is the deprecated spelling)")
     inference.add_argument("--memory-format", nargs="+", choices=MEMORY_FORMATS, default=["auto"],
                            help="auto: contiguous for eval, channels-last for deploy (as to_deploy leaves it)")
     inference.add_argument("--number", type=int, default=1, help="calls per timed repeat (use >1 on GPUs)")
@@ -152,7 +154,7 @@ def _format_row(result: dict[str, Any], reference: dict[str, Any] | None) -> lis
     paired = paired_speedup(result, reference) if reference else None
     return [
         result["model"],
-        result["variant"] + (f" ({result['recipe']})" if result.get("recipe") else ""),
+        result["variant"] + (f" ({result['quantization_scheme']})" if result.get("quantization_scheme") else ""),
         result["memory_format"],
         result["dtype"],
         result["compile"],
@@ -222,7 +224,7 @@ def roofline(results: list[dict[str, Any]]) -> str:
         share = result.get("share_of_float32_peak")
         if share is None:
             continue
-        label = result["variant"] + (f" ({result['recipe']})" if result.get("recipe") else "")
+        label = result["variant"] + (f" ({result['quantization_scheme']})" if result.get("quantization_scheme") else "")
         label += "" if result.get("compile", "none") == "none" else f" compiled ({result['compile']})"
         line = f"# {result['model']} {label} ({result['dtype']}): {100 * share:.0f}% of the peak"
         if reference is result and result["dtype"] == "float32":
@@ -246,8 +248,8 @@ def run_inference(args: argparse.Namespace) -> list[dict[str, Any]]:
                     torch_side_variation = compile_mode != "none" or memory_format != args.memory_format[0]
                     if variant in ENGINE_VARIANTS and torch_side_variation:
                         continue  # an engine runs as exported: once, whatever the torch-side settings
-                    recipes = args.int8_recipes if variant.endswith("-int8") else [None]
-                    cases += [InferenceCase(name, variant, memory_format, compile_mode, recipe) for recipe in recipes]
+                    schemes = args.quantization_schemes if variant.endswith("-int8") else [None]
+                    cases += [InferenceCase(name, variant, memory_format, compile_mode, s) for s in schemes]
     print(f"# timing {len(cases)} variants{' round-robin' if not args.sequential else ''} ...", file=sys.stderr,
           flush=True)
     return benchmark_inference_cases(

@@ -34,8 +34,8 @@ from msaf_hf.data import DataArguments, load_split
 from msaf_hf.engines._dependencies import require
 from msaf_hf.engines.exporting import _convert_openvino, _deployed_copy, _load_image_processor
 from msaf_hf.engines.quantization import (
-    RECIPES,
-    QuantizationRecipe,
+    QUANTIZATION_SCHEMES,
+    QuantizationScheme,
     load_calibration_images,
     openvino_node_modules,
     quantize,
@@ -147,7 +147,7 @@ def main() -> None:
     start = time.time()
     report["fp32_miou"] = miou(compile_(graph), dataset)
     print(f"fp32 mIoU {100 * report['fp32_miou']:.2f} ({len(dataset)} images)", flush=True)
-    naive = RECIPES["naive"]
+    naive = QUANTIZATION_SCHEMES["naive"]
     int8_graph, _ = quantize(graph, "openvino", calibration, naive)
     report["naive_int8_miou"] = miou(compile_(int8_graph), dataset)
     print(f"all-int8 (recipe 'naive') mIoU {100 * report['naive_int8_miou']:.2f}", flush=True)
@@ -175,9 +175,9 @@ def main() -> None:
 
     report["recipes"] = {}
     print()
-    for name, recipe in RECIPES.items():
+    for name, recipe in QUANTIZATION_SCHEMES.items():
         for fast_bias_correction in (True, False):
-            variant = QuantizationRecipe(name, recipe.keep_fp32, recipe.preset, fast_bias_correction)
+            variant = QuantizationScheme(name, recipe.keep_fp32, recipe.preset, fast_bias_correction)
             quantized, record = quantize(graph, "openvino", calibration, variant)
             value = miou(compile_(quantized), dataset)
             key = f"{name} (fast_bias_correction={fast_bias_correction})"

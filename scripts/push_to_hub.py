@@ -41,6 +41,8 @@ except ImportError:  # running from a source checkout without installing the pac
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import msaf_hf.hub as hub
 
+from msaf_hf.visualization.inference import parse_image_size
+
 
 def _json_arg(value: str) -> dict[str, Any]:
     """Parse an inline JSON object, or read it from a file path."""
@@ -53,19 +55,6 @@ def _json_arg(value: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
     return data
-
-
-def _size_arg(value: str) -> tuple[int, int] | int:
-    parts = value.lower().replace("×", "x").split("x")
-    try:
-        numbers = [int(p) for p in parts]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected HxW or N, got {value!r}") from exc
-    if len(numbers) == 1:
-        return numbers[0]
-    if len(numbers) == 2:
-        return numbers[0], numbers[1]
-    raise argparse.ArgumentTypeError(f"expected HxW or N, got {value!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--base-model", default=None, help="Hub id of the checkpoint this one was fine-tuned from")
     parser.add_argument("--license", default="apache-2.0", help="license id (default: apache-2.0)")
-    parser.add_argument("--input-size", type=_size_arg, default=None, help="input size used, HxW (e.g. 512x1024)")
+    parser.add_argument("--input-size", type=parse_image_size, default=None,
+                        help="input size used, HxW (e.g. 512x1024)")
     parser.add_argument("--tag", action="append", default=[], help="extra tag (repeatable)")
     parser.add_argument("--converted", action="store_true", help="checkpoint converted from published weights")
     parser.add_argument("--no-card", action="store_true", help="do not generate README.md (upload the folder's)")
@@ -165,10 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(info.pr_url or info.commit_url)
     if args.space:
-        from msaf_hf.visualization.space import push_space
-
         try:
-            space_info = push_space(args.space, args.repo_id, token=args.token, private=args.private,
+            space_info = hub.push_space(args.space, args.repo_id, token=args.token, private=args.private,
                                     endpoint=args.endpoint, **space_kwargs)
         except Exception as exc:
             message = hub.redact(f"{type(exc).__name__}: {exc}", args.token)

@@ -10,7 +10,8 @@ from conftest import load_fixture, require_reference
 
 from msaf_hf import DSNetForSemanticSegmentation, load_preset
 from msaf_hf.convert import convert_original_checkpoint
-from msaf_hf.export import compare_onnx, export_onnx, export_program
+from msaf_hf.engines import compare_with_torch
+from msaf_hf.export import export_onnx, export_program
 
 FIXTURE = "dsnet_head64_tiny"  # published-code weights, 1x3x128x160
 
@@ -53,8 +54,8 @@ def test_onnx_matches_onnxruntime_with_dynamic_batch(fixture_model_and_input, tm
     assert [d.dim_value for d in dims[1:]] == [3, 128, 160]  # fixed channels and spatial size
 
     for batch in (example, pixel_values, torch.cat([example, pixel_values])):  # batch 2, 1 and 3
-        report = compare_onnx(path, model, batch)
-        assert report["relative"] <= 1e-4, f"batch {batch.shape[0]}: onnxruntime vs torch {report}"
+        report = compare_with_torch(path, model, batch)
+        assert report["max_relative_difference"] <= 1e-4, f"batch {batch.shape[0]}: onnxruntime vs torch {report}"
 
 
 def test_onnx_spatial_size_is_fixed_for_msaf(fixture_model_and_input, tmp_path):
@@ -66,7 +67,7 @@ def test_onnx_spatial_size_is_fixed_for_msaf(fixture_model_and_input, tmp_path):
         export_onnx(model, tmp_path / "dynamic.onnx", pixel_values, dynamic_spatial=True)
     path = export_onnx(model, tmp_path / "fixed.onnx", pixel_values)
     with pytest.raises(Exception, match="(?i)dimension|shape"):  # onnxruntime refuses another size
-        compare_onnx(path, model, torch.randn(1, 3, 128, 192))
+        compare_with_torch(path, model, torch.randn(1, 3, 128, 192))
 
 
 def test_onnx_dynamic_spatial_size_without_context_pools(tmp_path):
@@ -77,8 +78,8 @@ def test_onnx_dynamic_spatial_size_without_context_pools(tmp_path):
     model = DSNetForSemanticSegmentation(config).eval().to_deploy()
     path = export_onnx(model, tmp_path / "aff.onnx", torch.randn(2, 3, 64, 96), dynamic_spatial=True)
     for shape in ((1, 3, 96, 64), (3, 3, 72, 200)):
-        report = compare_onnx(path, model, torch.randn(shape))
-        assert report["relative"] <= 1e-4, f"{shape}: {report}"
+        report = compare_with_torch(path, model, torch.randn(shape))
+        assert report["max_relative_difference"] <= 1e-4, f"{shape}: {report}"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -524,3 +524,28 @@ def test_one_label_logits_post_process_as_binary_segmentation():
     assert segmentation.tolist() == [[0, 1], [1, 0]]  # argmax over one channel would be all 0
     (resized,) = DSNetImageProcessor().post_process_semantic_segmentation(logits, target_sizes=[(4, 4)])
     assert resized.shape == (4, 4) and set(resized.unique().tolist()) == {0, 1}
+
+
+def test_label_map_resize_and_class_ids_have_one_owner():
+    """`resize_label_map` (nearest, on the grid PIL gives the image) and `label_map_from_scores` are shared by the
+    processor, the training augmentation, evaluation and the pictures."""
+    from msaf_hf.data.transforms import SegmentationTrainTransform
+    from msaf_hf.image_processing_dsnet import label_map_from_scores, resize_label_map
+
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 70000, size=(13, 17)).astype(np.int64)  # ids past uint8/uint16 survive
+    resized = resize_label_map(label, (29, 7))
+    pil = np.asarray(PIL.Image.fromarray(label.astype(np.int32)).resize((7, 29), PIL.Image.Resampling.NEAREST))
+    assert resized.dtype == np.int64 and np.array_equal(resized, pil)
+
+    # The training augmentation resizes labels with it: 5x12 scaled by 0.9 to 5x11 (where index arithmetic at pixel
+    # centres picks other pixels than PIL), cropped whole, never flipped.
+    label = np.arange(60, dtype=np.int64).reshape(5, 12)
+    transform = SegmentationTrainTransform(crop_size=(5, 11), scale_range=(0.9, 0.9), hflip_probability=0.0)
+    image = PIL.Image.fromarray(rng.integers(0, 255, size=(5, 12, 3), dtype=np.uint8))
+    _, augmented = transform(image, label, np.random.default_rng(0))
+    assert np.array_equal(augmented.numpy(), resize_label_map(label, (5, 11)))
+
+    logits = torch.tensor([[[[0.2, -1.0]], [[0.1, 3.0]]]])  # (1, 2, 1, 2)
+    assert label_map_from_scores(logits).tolist() == [[[0, 1]]]
+    assert label_map_from_scores(torch.tensor([[[[-0.5, 0.5]]]])).tolist() == [[[0, 1]]]  # binary: logit > 0

@@ -1,6 +1,7 @@
 """The package layout holds: no import cycles, dependencies one way (model <- data <- engines <- evaluation <- training
--> hub; visualization beside the model, used by evaluation, training, the Hub card and the scripts),
-no private name imported across modules, no module over ~600 lines but the modeling file, a light `import msaf_hf`."""
+-> hub; visualization beside the model, used by evaluation, training, the Hub card and the scripts; the results schema
+`msaf_hf.results` read by all), no two layers importing each other, no private name imported across modules, no public
+name defined by two modules, no module over ~600 lines but the modeling file, a light `import msaf_hf`."""
 
 from __future__ import annotations
 
@@ -51,7 +52,6 @@ def _imports(modules: dict[str, tuple[Path, bool]]) -> tuple[dict[str, set[str]]
     return edges, private
 
 
-RESULTS_SCHEMA = "msaf_hf.evaluation.results"
 # scripts/predict.py reads dataset splits with msaf_hf.data.load_split; the rest of visualization (the Space's modules
 # among them) stays free of the data layer.
 DATA_READING_COMMANDS = {"msaf_hf.visualization.predict"}
@@ -99,17 +99,21 @@ def test_dependencies_point_one_way():
                 wrong.append((module, target))
             elif source_layer == "visualization" and target_layer == "data" and module not in DATA_READING_COMMANDS:
                 wrong.append((module, target))
-            elif source_layer == "visualization" and target_layer == "hub":
-                wrong.append((module, target))
-            elif source_layer == "visualization" and target_layer == "evaluation" and target != RESULTS_SCHEMA:
-                wrong.append((module, target))  # pictures of results know the results schema only
+            elif source_layer == "visualization" and target_layer in ("evaluation", "hub"):
+                wrong.append((module, target))  # pictures of results know the results schema (msaf_hf.results) only
             elif source_layer == "evaluation" and target_layer == "hub":
                 wrong.append((module, target))
-            elif source_layer == "hub" and target_layer in ("data", "training"):
-                wrong.append((module, target))
-            elif source_layer == "hub" and target_layer == "evaluation" and target != RESULTS_SCHEMA:
-                wrong.append((module, target))  # the Hub reads the results schema only
+            elif source_layer == "hub" and target_layer in ("data", "evaluation", "training"):
+                wrong.append((module, target))  # the Hub reads the results schema (msaf_hf.results) only
     assert wrong == []
+
+
+def test_no_two_layers_import_each_other():
+    """Layers depend one way: no pair of packages (data, engines, evaluation, ...) imports each other, even through
+    different modules."""
+    edges, _ = _imports(_modules())
+    layer_edges = {(_layer(m), _layer(t)) for m, targets in edges.items() for t in targets if _layer(m) != _layer(t)}
+    assert sorted((a, b) for a, b in layer_edges if a < b and (b, a) in layer_edges and "top" not in (a, b)) == []
 
 
 def test_no_private_name_is_imported_across_modules():
@@ -127,3 +131,31 @@ def test_import_msaf_hf_stays_light():
     code = f"import sys, msaf_hf; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def _public_definitions(path: Path) -> set[str]:
+    """Public names a module defines at its top level: functions, classes and assigned names (constants)."""
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for target in targets for t in ast.walk(target) if isinstance(t, ast.Name)}
+    return {name for name in names if not name.startswith("_")}
+
+
+# Names every module of a kind has by convention: a module's logger, and a command module's entry point and parser.
+PER_MODULE_NAMES = {"logger", "main", "build_parser"}
+
+
+def test_no_two_modules_define_the_same_public_name():
+    """One owner for each concept: a public function, class or constant is defined in one module (a package's
+    __init__ re-exporting it is not a definition, and __init__ files are skipped)."""
+    owners: dict[str, list[str]] = {}
+    for name, (path, is_package) in _modules().items():
+        if is_package:
+            continue
+        for defined in _public_definitions(path) - PER_MODULE_NAMES:
+            owners.setdefault(defined, []).append(name)
+    assert {name: sorted(modules) for name, modules in owners.items() if len(modules) > 1} == {}

@@ -54,7 +54,7 @@ class CheckArguments:
     no_progress: bool = field(default=False, metadata={"help": "Hide the progress bar."})
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[DataArguments, CheckArguments]:
+def parse_check_arguments(argv: Sequence[str] | None) -> tuple[DataArguments, CheckArguments]:
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser((DataArguments, CheckArguments), description=__doc__.split("\n\n")[0])
@@ -108,7 +108,7 @@ def _draw(scans: list[SplitScan], id2label: dict[int, str], palette_colors: dict
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the check; returns the exit status (0 fine, 1 training would fail, 2 the data cannot be opened)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    data_args, check_args = parse_args(argv)
+    data_args, check_args = parse_check_arguments(argv)
     if check_args.num_labels is not None and data_args.id2label_file is not None:
         print("error: give --num_labels or --id2label_file, not both.", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import PIL.Image
 import torch
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..image_processing_dsnet import DSNetImageProcessor
+from ..image_processing_dsnet import DSNetImageProcessor, resize_label_map
 from .arguments import size_pair
 from .labels import IGNORE_INDEX
 
@@ -25,16 +25,6 @@ def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     if seed < 0 or epoch < 0 or index < 0:
         raise ValueError(f"example_rng: seed, epoch and index must be >= 0, got {(seed, epoch, index)}.")
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), int(index)]))
-
-
-def _resize_label_nearest(label: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize by index arithmetic (pixel centres, like PIL NEAREST); keeps int64 ids."""
-    h, w = label.shape
-    if (h, w) == (height, width):
-        return label
-    rows = np.minimum(((np.arange(height) + 0.5) * (h / height)).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * (w / width)).astype(np.int64), w - 1)
-    return label[rows[:, None], cols[None, :]]
 
 
 class _Normalizer:
@@ -103,7 +93,7 @@ class SegmentationTrainTransform:
         new_h, new_w = max(1, int(height * ratio + 0.5)), max(1, int(width * ratio + 0.5))
         if (new_h, new_w) != (height, width):
             image = image.resize((new_w, new_h), PIL.Image.Resampling.BILINEAR)
-            label = _resize_label_nearest(label, new_h, new_w)
+            label = resize_label_map(label, (new_h, new_w))
         pixels = np.asarray(image, dtype=np.uint8)
         crop_h, crop_w = self.crop_size
         pad_h, pad_w = max(crop_h - new_h, 0), max(crop_w - new_w, 0)

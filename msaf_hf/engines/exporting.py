@@ -10,9 +10,9 @@ adaptive context pools of MSAF as OpenVINO's `AdaptiveAvgPool`: the export takes
 adaptive pool, so an ONNX Runtime export of an MSAF model is fixed to `--height`x`--width` (its
 preprocessor_config.json resizes to that size; another size is a clear error).
 
-int8 quantises with NNCF's post-training quantisation on calibration images, with the recipe of
-`msaf_hf.engines.quantization` (`--recipe`: `balanced` by default, `accurate` keeps the shared trunk in float32;
-see docs/int8.md).
+int8 quantises with NNCF's post-training quantisation on calibration images, with a
+quantization scheme of `msaf_hf.engines.quantization` (`--quantization_scheme`: `balanced` by default, `accurate`
+keeps the shared trunk in float32; see docs/int8.md).
 """
 
 from __future__ import annotations
@@ -33,8 +33,22 @@ import torch
 from ..export import SegmentationLogits, export_onnx, has_context_pools
 from ..modeling_dsnet import DSNetForSemanticSegmentation
 from ._dependencies import require
-from .modeling import ENGINE_CONFIG_KEY, ENGINE_FILES, ENGINES, PRECISIONS, EngineSpec, load_segmenter
-from .quantization import DEFAULT_RECIPE, RECIPES, QuantizationRecipe, load_calibration_images, quantize
+from .modeling import (
+    ENGINE_CONFIG_KEY,
+    ENGINE_FILES,
+    ENGINES,
+    PRECISIONS,
+    EngineSpec,
+    load_segmentation_model,
+    onnxruntime_session,
+)
+from .quantization import (
+    DEFAULT_QUANTIZATION_SCHEME,
+    QUANTIZATION_SCHEMES,
+    QuantizationScheme,
+    load_calibration_images,
+    quantize,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +90,7 @@ def _export_onnx_model(model: torch.nn.Module, path: Path, example: torch.Tensor
 def _versions(engine: str, precision: str) -> dict[str, str]:
     import transformers
 
-    from .. import __version__
+    from ..version import __version__
 
     versions = {"msaf_hf": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
     modules = ["openvino"] if engine == "openvino" else ["onnxruntime", "onnx"]
@@ -107,7 +121,7 @@ def export_to_engine(
     height: int = 512,
     width: int = 1024,
     calibration_images: Sequence[torch.Tensor] | None = None,
-    recipe: QuantizationRecipe | str | None = None,
+    quantization_scheme: QuantizationScheme | str | None = None,
     image_processor: Any = None,
     check: bool = True,
 ) -> Path:
@@ -120,13 +134,14 @@ def export_to_engine(
         height, width: the traced example size; the fixed input size where the engine cannot take any size.
         calibration_images: for int8, normalised `(3, H, W)` or `(1, 3, H, W)` tensors, e.g. from
             `load_calibration_images` (for a fixed-size engine they must be `height`x`width`).
-        recipe: the int8 recipe (a `QuantizationRecipe` or a name in `RECIPES`); default: `DEFAULT_RECIPE`.
+        quantization_scheme: how to quantise to int8 (a `QuantizationScheme` or a name in `QUANTIZATION_SCHEMES`);
+            default: `DEFAULT_QUANTIZATION_SCHEME`.
         image_processor: written as preprocessor_config.json (default: the model's own, or DSNet's default);
             for a fixed-size engine it is set to resize to `height`x`width`.
         check: run the export once (fp32: on a random image; int8: on the first calibration image) and record its
             difference to the PyTorch model in the config.
 
-    Returns the output folder, loadable with `msaf_hf.engines.load_segmenter`.
+    Returns the output folder, loadable with `msaf_hf.engines.load_segmentation_model`.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
@@ -152,7 +167,8 @@ def export_to_engine(
         ]
         if not calibration_images:
             raise ValueError("The calibration set is empty: int8 needs at least one calibration image.")
-    recipe = RECIPES[recipe] if isinstance(recipe, str) else (recipe or DEFAULT_RECIPE)
+    scheme = quantization_scheme
+    scheme = QUANTIZATION_SCHEMES[scheme] if isinstance(scheme, str) else (scheme or DEFAULT_QUANTIZATION_SCHEME)
     deployed = _deployed_copy(model)
     dynamic_spatial = engine == "openvino" or not has_context_pools(deployed)
     input_size = None if dynamic_spatial else (height, width)
@@ -174,13 +190,13 @@ def export_to_engine(
             ov = require("openvino")
             graph = _convert_openvino(deployed, example, dynamic_spatial)
             if precision == "int8":
-                graph, quantization_record = quantize(graph, "openvino", calibration_images, recipe)
+                graph, quantization_record = quantize(graph, "openvino", calibration_images, scheme)
             ov.save_model(graph, str(staging / ENGINE_FILES["openvino"][0]), compress_to_fp16=False)
         else:
             path = staging / ENGINE_FILES["onnxruntime"][0]
             graph = _export_onnx_model(deployed, path, example)
             if precision == "int8":
-                graph, quantization_record = quantize(graph, "onnxruntime", calibration_images, recipe)
+                graph, quantization_record = quantize(graph, "onnxruntime", calibration_images, scheme)
                 require("onnx").save(graph, str(path))
         spec = EngineSpec(
             name=engine, precision=precision, input_size=input_size, example_size=(height, width),
@@ -236,19 +252,27 @@ def _write_image_processor(folder: Path, image_processor: Any, input_size: tuple
 
 
 def compare_with_torch(
-    folder: str | os.PathLike, model: torch.nn.Module, pixel_values: torch.Tensor, num_threads: int | None = None
-) -> dict[str, float]:
-    """Run an exported folder and `model` on `pixel_values`: the max |difference| of the logits relative to
-    max |torch logits|, and the share of pixels whose argmax class agrees.
+    export: str | os.PathLike, model: torch.nn.Module, pixel_values: torch.Tensor, num_threads: int | None = None
+) -> dict[str, Any]:
+    """Run an export and `model` on `pixel_values`: the max |difference| of the logits relative to max |torch
+    logits|, and the share of pixels whose argmax class agrees. `export` is a folder written by `export_to_engine`
+    or an ONNX file written by `msaf_hf.export.export_onnx` (run with ONNX Runtime).
 
     Also against the model run in float64 (the exact result, up to float64 rounding), for the engine and for torch's
     own float32: a float32 engine cannot be closer to torch float32 than float32 rounding allows, and on some weights
     (large logits that nearly cancel) that floor is itself ~1e-4."""
-    engine_model = load_segmenter(folder, num_threads=num_threads)
+    path = Path(export)
+    inputs = pixel_values.detach().float().cpu().contiguous()
     with torch.no_grad():
-        ours = engine_model(pixel_values=pixel_values).logits.double()
-        reference = model.eval()(pixel_values=pixel_values).logits.double()
-        exact = copy.deepcopy(model).double()(pixel_values=pixel_values.double()).logits
+        if path.is_file():
+            session = onnxruntime_session(path, num_threads)
+            ours = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]).double()
+        else:
+            ours = load_segmentation_model(path, num_threads=num_threads)(pixel_values=inputs).logits.double()
+        reference = model.eval()(pixel_values=inputs).logits.double()
+        exact = copy.deepcopy(model).double()(pixel_values=inputs.double()).logits
+    if ours.shape != reference.shape:
+        raise ValueError(f"The export's logits have shape {tuple(ours.shape)}, PyTorch's {tuple(reference.shape)}.")
 
     def relative(a: torch.Tensor, b: torch.Tensor) -> float:
         return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
@@ -293,10 +317,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="not needed: calibration reads no labels (accepted and ignored, with a warning)")
     parser.add_argument("--id2label_file", default=None,
                         help="not needed: calibration reads no class names (accepted and ignored, with a warning)")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE.name,
-                        help=f"int8 recipe (default {DEFAULT_RECIPE.name!r}: keeps accuracy; see docs/int8.md)")
+    parser.add_argument("--quantization_scheme", choices=sorted(QUANTIZATION_SCHEMES), default=None,
+                        help=f"how int8 quantises (default {DEFAULT_QUANTIZATION_SCHEME.name!r}: keeps accuracy; see "
+                             "docs/int8.md)")
+    parser.add_argument("--recipe", choices=sorted(QUANTIZATION_SCHEMES), default=None,
+                        help="deprecated spelling of --quantization_scheme")
     parser.add_argument("--no_check", action="store_true", help="skip the parity check against PyTorch")
     return parser
+
+
+def _quantization_scheme(args: argparse.Namespace) -> str:
+    """--quantization_scheme, or its deprecated spelling --recipe (with a warning)."""
+    if args.recipe is not None:
+        if args.quantization_scheme not in (None, args.recipe):
+            raise SystemExit(f"--recipe {args.recipe} and --quantization_scheme {args.quantization_scheme} disagree; "
+                             "pass --quantization_scheme only (--recipe is its deprecated spelling).")
+        logger.warning("--recipe is deprecated: pass --quantization_scheme %s.", args.recipe)
+        return args.recipe
+    return args.quantization_scheme or DEFAULT_QUANTIZATION_SCHEME.name
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -324,7 +362,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         )
     output = export_to_engine(
         model, args.output_dir, engine=args.engine, precision=args.precision, height=args.height, width=args.width,
-        calibration_images=calibration, recipe=args.recipe, image_processor=image_processor, check=not args.no_check,
+        calibration_images=calibration, quantization_scheme=_quantization_scheme(args), image_processor=image_processor,
+        check=not args.no_check,
     )
     spec = json.loads((output / "config.json").read_text("utf-8"))[ENGINE_CONFIG_KEY]
     size = "any size" if spec["input_size"] is None else "x".join(map(str, spec["input_size"]))

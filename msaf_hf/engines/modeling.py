@@ -48,7 +48,7 @@ class EngineSpec:
         input_size: `(height, width)` the engine file is fixed to, or None if it takes any size.
         example_size: the `(height, width)` traced at export (and used for calibration when fixed).
         files: the engine's files in the folder (the first is the one to load).
-        quantization: for int8, the recipe and calibration set used (see `msaf_hf.engines.quantization`).
+        quantization: for int8, the quantization scheme and calibration set used (see `msaf_hf.engines.quantization`).
     """
 
     name: str
@@ -78,7 +78,12 @@ class EngineSpec:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EngineSpec:
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        values = {k: v for k, v in values.items() if k in known}
+        quantization = values.get("quantization")
+        if isinstance(quantization, dict) and "recipe" in quantization and "scheme" not in quantization:
+            # Folders exported before the int8 setting was called a quantization scheme.
+            values["quantization"] = {("scheme" if k == "recipe" else k): v for k, v in quantization.items()}
+        return cls(**values)
 
 
 def read_engine_spec(folder: str | os.PathLike) -> EngineSpec | None:
@@ -136,7 +141,8 @@ class EngineSegmenter(DSNetPreTrainedModel):
         if spec.name != cls.engine_name:
             raise ValueError(
                 f"{str(folder)!r} was exported for {spec.name}, not {cls.engine_name}: load it with "
-                f"{ENGINE_CLASSES[spec.name].__name__} (or msaf_hf.engines.load_segmenter, which picks the engine)."
+                f"{ENGINE_CLASSES[spec.name].__name__} (or msaf_hf.engines.load_segmentation_model, which picks the "
+                "engine)."
             )
         missing = [name for name in spec.files if not (folder / name).is_file()]
         if missing:
@@ -237,23 +243,29 @@ class ONNXRuntimeSegmenter(EngineSegmenter):
     engine_name = "onnxruntime"
 
     def _load(self, folder: Path, spec: EngineSpec, num_threads: int | None) -> None:
-        ort = require("onnxruntime")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if num_threads:
-            options.intra_op_num_threads = int(num_threads)
-            options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(folder / spec.files[0]), options, providers=["CPUExecutionProvider"])
+        self._session = onnxruntime_session(folder / spec.files[0], num_threads)
         self._input_name = self._session.get_inputs()[0].name
 
     def _run(self, pixel_values: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input_name: pixel_values})[0]
 
 
+def onnxruntime_session(path: str | os.PathLike, num_threads: int | None = None) -> Any:
+    """The one ONNX Runtime session of msaf_hf: an `InferenceSession` on the CPU provider, all graph optimisations,
+    `num_threads` intra-op threads (default: ONNX Runtime's)."""
+    ort = require("onnxruntime")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if num_threads:
+        options.intra_op_num_threads = int(num_threads)
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 ENGINE_CLASSES: dict[str, type[EngineSegmenter]] = {"openvino": OpenVINOSegmenter, "onnxruntime": ONNXRuntimeSegmenter}
 
 
-def load_segmenter(
+def load_segmentation_model(
     name_or_path: str | os.PathLike, *, num_threads: int | None = None, **from_pretrained_kwargs: Any
 ) -> torch.nn.Module:
     """A model for a folder or Hub id: the engine model for a folder written by `scripts/export.py`, else the

@@ -1,10 +1,10 @@
 """int8 post-training quantisation of exported DSNet graphs with NNCF, and the calibration data it needs.
 
-A `QuantizationRecipe` names the parts of DSNet kept in float32 as regular expressions over module paths of
-`DSNetForSemanticSegmentation` (`dsnet.fusions.0`, `decode_head.classifier`, ...). Every node of the engine graph
-records the module it came from (OpenVINO: in its name, `__module.model.<path>/aten::.../...`; ONNX: in the
-`pkg.torch.onnx.name_scopes` metadata), so one recipe applies to both engines. Which parts of DSNet int8 hurts,
-and so what each recipe keeps in float32, is written down in docs/int8.md (measured with
+A quantization scheme (`QuantizationScheme`) names the parts of DSNet kept in float32 as regular expressions over
+module paths of `DSNetForSemanticSegmentation` (`dsnet.fusions.0`, `decode_head.classifier`, ...). Every node of the
+engine graph records the module it came from (OpenVINO: in its name, `__module.model.<path>/aten::.../...`; ONNX: in
+the `pkg.torch.onnx.name_scopes` metadata), so one scheme applies to both engines. Which parts of DSNet int8 hurts,
+and so what each scheme keeps in float32, is written down in docs/int8.md (measured with
 scripts/int8_sensitivity.py).
 """
 
@@ -24,11 +24,11 @@ from ._dependencies import require
 
 
 @dataclass(frozen=True)
-class QuantizationRecipe:
+class QuantizationScheme:
     """How to quantise: which module paths stay float32 and NNCF's options.
 
     Args:
-        name: the recipe's name (recorded in the exported config).
+        name: the scheme's name (recorded in the exported config).
         keep_fp32: regular expressions; a graph node whose module path (e.g. `dsnet.fusions.1.local_attention.
             reduce.conv`) matches one with `re.fullmatch` is not quantised.
         preset: NNCF preset: `mixed` (symmetric weights, asymmetric activations) or `performance` (symmetric).
@@ -50,18 +50,18 @@ class QuantizationRecipe:
 # input). int8 error made here reaches both branches, MSAF and the head; docs/int8.md measures it as the part of
 # DSNet that int8 hurts (the first convolution, MSAF's attention and the head are not).
 SHARED_TRUNK = r"dsnet\.(stem\.1|shared_stage1|shared_stage2|skip_stage)(\..*)?"
-# Other parts, for the sensitivity study and custom recipes: MSAF's sigmoid weighting and products (ops of the
+# Other parts, for the sensitivity study and custom schemes: MSAF's sigmoid weighting and products (ops of the
 # MSAF module itself), all of MSAF (with its attention convolutions), the segmentation head, its classifier.
 MSAF_WEIGHTING = r"dsnet\.fusions\.\d+"
 MSAF_ATTENTION = r"dsnet\.fusions\.\d+(\..*)?"
 HEAD = r"decode_head(\..*)?"
 CLASSIFIER = r"decode_head\.classifier(\..*)?"
 
-RECIPES: dict[str, QuantizationRecipe] = {
-    recipe.name: recipe
-    for recipe in (
-        QuantizationRecipe("naive", (), "performance", True, "NNCF's defaults: all int8, symmetric activations"),
-        QuantizationRecipe(
+QUANTIZATION_SCHEMES: dict[str, QuantizationScheme] = {
+    scheme.name: scheme
+    for scheme in (
+        QuantizationScheme("naive", (), "performance", True, "NNCF's defaults: all int8, symmetric activations"),
+        QuantizationScheme(
             "balanced",
             (),
             "mixed",
@@ -69,7 +69,7 @@ RECIPES: dict[str, QuantizationRecipe] = {
             "every layer int8, asymmetric activations, fast bias correction: the full int8 speed within the accuracy "
             "target (CamVid: 0.2-0.7 mIoU points below float32)",
         ),
-        QuantizationRecipe(
+        QuantizationScheme(
             "accurate",
             (SHARED_TRUNK,),
             "mixed",
@@ -79,7 +79,7 @@ RECIPES: dict[str, QuantizationRecipe] = {
         ),
     )
 }
-DEFAULT_RECIPE = RECIPES["balanced"]
+DEFAULT_QUANTIZATION_SCHEME = QUANTIZATION_SCHEMES["balanced"]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -129,17 +129,17 @@ def quantize(
     graph: Any,
     engine: str,
     calibration_images: Sequence[torch.Tensor],
-    recipe: QuantizationRecipe,
+    scheme: QuantizationScheme,
     keep_fp32: Sequence[str] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Quantise an exported graph (an `openvino.Model` or an `onnx.ModelProto`) to int8 with NNCF.
 
-    `keep_fp32` overrides the recipe's patterns (used by the sensitivity study). Returns the quantised graph and a
-    record of what was done (recipe, number of calibration images, nodes kept in float32)."""
+    `keep_fp32` overrides the scheme's patterns (used by the sensitivity study). Returns the quantised graph and a
+    record of what was done (scheme, number of calibration images, nodes kept in float32)."""
     nncf = require("nncf")
     if not calibration_images:
         raise ValueError("The calibration set is empty: int8 needs at least one calibration image.")
-    patterns = recipe.keep_fp32 if keep_fp32 is None else tuple(keep_fp32)
+    patterns = scheme.keep_fp32 if keep_fp32 is None else tuple(keep_fp32)
     if engine == "openvino":
         node_modules = openvino_node_modules(graph)
         items = [x.detach().float().cpu().numpy() for x in calibration_images]
@@ -151,18 +151,18 @@ def quantize(
         raise ValueError(f"engine must be 'openvino' or 'onnxruntime', got {engine!r}.")
     ignored = nodes_matching(node_modules, patterns)
     if patterns and not ignored:
-        raise ValueError(f"The recipe's keep_fp32 patterns {list(patterns)} match no node of the {engine} graph.")
-    preset = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}[recipe.preset]
+        raise ValueError(f"The scheme's keep_fp32 patterns {list(patterns)} match no node of the {engine} graph.")
+    preset = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}[scheme.preset]
     quantized = nncf.quantize(
         graph,
         nncf.Dataset(items),
         preset=preset,
         subset_size=len(items),
-        fast_bias_correction=recipe.fast_bias_correction,
+        fast_bias_correction=scheme.fast_bias_correction,
         ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
     )
     record = {
-        "recipe": recipe.to_dict() | {"keep_fp32": list(patterns)},
+        "scheme": scheme.to_dict() | {"keep_fp32": list(patterns)},
         "calibration_images": len(items),
         "calibration_size": list(calibration_images[0].shape[-2:]),
         "nodes_kept_fp32": len(ignored),
@@ -215,9 +215,9 @@ def load_calibration_images(
 
 
 __all__ = [
-    "DEFAULT_RECIPE",
-    "QuantizationRecipe",
-    "RECIPES",
+    "DEFAULT_QUANTIZATION_SCHEME",
+    "QuantizationScheme",
+    "QUANTIZATION_SCHEMES",
     "load_calibration_images",
     "nodes_matching",
     "onnx_node_modules",

@@ -1,12 +1,12 @@
-"""Evaluating DSNet: metrics, (distributed) evaluation, the results files and the ``scripts/evaluate.py`` command.
+"""Evaluating DSNet: metrics, (distributed) evaluation and the ``scripts/evaluate.py`` command.
 
 * :mod:`.metrics`: ``SegmentationConfusionMatrix`` and the metrics computed from a confusion matrix;
 * :mod:`.evaluator`: :func:`evaluate` (every image scored once across processes) and :func:`predict` (test-time
   augmentation);
-* :mod:`.results`: the one owner of ``eval_results.json`` / ``all_results.json`` (written and read there only);
 * :mod:`.cli`: ``EvaluationArguments`` and :func:`main`.
 
-Names are imported on first use, so ``msaf_hf.evaluation.results`` can be read without torch.
+The results files (``eval_results.json`` / ``all_results.json``) are :mod:`msaf_hf.results`' (read by the Hub card and
+the figures as well, without this package). Names are imported on first use.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ import torch
 from ..data import DataArguments, SegmentationDataset, color_table_from_config, load_id2label_file, load_split
 from ..image_processing_dsnet import DSNetImageProcessor
 from ..recipes import parse_command_line
+from ..results import dataset_description, write_results_file
 from .evaluator import accelerator_available, evaluate, format_results_table, results_to_json
-from .results import dataset_description, write_results_file
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +109,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def load_evaluation_model(eval_args: EvaluationArguments, accelerator: Any) -> torch.nn.Module:
     """The model to evaluate, on ``accelerator``'s device (in its mixed precision, channels-last if asked)."""
-    from ..engines import load_segmenter
+    from ..engines import load_segmentation_model
 
     # A folder written by scripts/export.py loads as its engine model (OpenVINO / ONNX Runtime), anything else as
     # the PyTorch model.
-    model = load_segmenter(eval_args.model_name_or_path, revision=eval_args.revision)
+    model = load_segmentation_model(eval_args.model_name_or_path, revision=eval_args.revision)
     model.to(accelerator.device)
     if accelerator.mixed_precision != "no":
         model = accelerator.prepare_model(model, evaluation_mode=True)  # autocast wrapper only

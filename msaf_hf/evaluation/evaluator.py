@@ -15,7 +15,7 @@ Test-time augmentation (:func:`predict`): horizontal flip and several input scal
 probabilities of all views are averaged at the label resolution.
 
 The command line (``scripts/evaluate.py``) is :mod:`msaf_hf.evaluation.cli`; the results files are
-:mod:`msaf_hf.evaluation.results`.
+:mod:`msaf_hf.results`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from ..data import collate_fn
+from ..image_processing_dsnet import label_map_from_scores, resize_scores
+from ..results import eval_results
 from .metrics import SegmentationConfusionMatrix
-from .results import eval_results
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def predict(
         for flipped in (False, True) if flip else (False,):
             view = inputs.flip(-1) if flipped else inputs
             logits = model(pixel_values=view).logits.float()
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            logits = resize_scores(logits, size)
             if flipped:
                 logits = logits.flip(-1)
             if single_view:
@@ -168,7 +169,7 @@ def evaluate(
             if channels_last:
                 pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
             scores = predict(model, pixel_values, labels.shape[-2:], flip=flip, scales=scales)
-            metric.update(scores.argmax(dim=1), labels)
+            metric.update(label_map_from_scores(scores, dim=1), labels)
     finally:
         model.train(was_training)
     metric.all_reduce()  # sums over processes (no-op single-process); each image was seen by one process only
@@ -201,7 +202,7 @@ def format_results_table(metrics: dict[str, Any], id2label: dict[int, str]) -> s
 
 
 def results_to_json(result: EvaluationResult, **extra: Any) -> dict[str, Any]:
-    """The ``eval_results.json`` content of ``result`` (:func:`msaf_hf.evaluation.results.eval_results`) with the
+    """The ``eval_results.json`` content of ``result`` (:func:`msaf_hf.results.eval_results`) with the
     number of images and the confusion matrix; ``extra`` keys are added as given."""
     return eval_results(result.metrics, result.id2label, num_images=result.num_images,
                         confusion_matrix=result.confusion_matrix.tolist(), **extra)

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..image_processing_dsnet import label_map_from_scores
+
 __all__ = ["SegmentationConfusionMatrix", "metrics_from_confusion_matrix"]
 
 # On CPU the work is split into chunks of this many pixels: the int64 temporaries then stay in cache and
@@ -124,7 +126,8 @@ class SegmentationConfusionMatrix:
 
         Args:
             predictions: Either integer class ids with the same shape as ``labels`` (e.g. ``(N, H, W)``), or
-                scores/logits with a class dimension at position 1, ``(N, C, H, W)``, which are arg-maxed.
+                scores/logits with a class dimension at position 1, ``(N, C, H, W)``, turned into class ids as the
+                image processor does (``label_map_from_scores``: the argmax).
                 Logits must already be at the labels' resolution (upsample them first, e.g. with
                 ``DSNetImageProcessor.post_process_semantic_segmentation`` or ``F.interpolate``).
             labels: Integer class ids, e.g. ``(N, H, W)``; ``ignore_index`` marks unannotated pixels.
@@ -167,7 +170,7 @@ class SegmentationConfusionMatrix:
                     f"matching labels {tuple(labels.shape)}, i.e. {expected}; got {tuple(predictions.shape)}. "
                     "Upsample logits to the label size before updating."
                 )
-            return predictions.argmax(dim=1)
+            return label_map_from_scores(predictions, dim=1)
         if predictions.shape != labels.shape:
             raise ValueError(
                 f"SegmentationConfusionMatrix.update: predictions of shape {tuple(predictions.shape)} match neither "

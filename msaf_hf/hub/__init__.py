@@ -7,7 +7,8 @@ converted checkpoint), so it does not need the model classes and never imports t
   metrics and hyperparameters files) and the Jinja2 template ``model_card.md``.
 * `msaf_hf.hub.push`: `push_folder_to_hub` uploads the shareable part of a folder (weights, configs, remote code,
   metrics) plus a freshly rendered ``README.md`` in a single commit, without modifying the folder;
-  `plan_hub_push` maps training events to pushes (transformers' ``hub_strategy``).
+  `plan_hub_push` maps training events to pushes (transformers' ``hub_strategy``); `push_space` pushes the demo
+  Space that `msaf_hf.visualization.space` writes.
 * `msaf_hf.hub.background`: `BackgroundPusher` pushes snapshots of a training output on huggingface_hub's
   background executor; it never raises into the training loop.
 * `msaf_hf.hub.redaction`: keeps tokens out of logs, cards and uploaded files.
@@ -31,6 +32,7 @@ from .push import (
     collect_upload_files,
     plan_hub_push,
     push_folder_to_hub,
+    push_space,
 )
 from .redaction import redact
 
@@ -50,6 +52,7 @@ __all__ = [
     "normalize_eval_results",
     "plan_hub_push",
     "push_folder_to_hub",
+    "push_space",
     "redact",
     "render_model_card",
 ]

@@ -18,7 +18,7 @@ Files read from a folder to fill the card (all optional; written by the trainer)
 * `HYPERPARAMETERS_FILE` (``training_hyperparameters.json``): a flat ``{name: value}`` mapping;
 * the evaluation figures (``confusion_matrix.png``, ``per_class_iou.png``, ``training_curves.png``), embedded.
 
-The results files' schema, names and reading are :mod:`msaf_hf.evaluation.results`' (their one owner).
+The results files' schema, names and reading are :mod:`msaf_hf.results`' (their one owner).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
-from ..evaluation.results import (
+from ..results import (
     ALL_RESULTS_FILE,
     EVAL_RESULTS_FILE,
     HYPERPARAMETERS_FILE,

@@ -18,7 +18,13 @@ from typing import Any, Literal
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, get_token
 from huggingface_hub import constants as hf_constants
 
-from ..evaluation.results import ALL_RESULTS_FILE, EVAL_RESULTS_FILE, FIGURE_TITLES, HYPERPARAMETERS_FILE
+from ..results import (
+    ALL_RESULTS_FILE,
+    EVAL_RESULTS_FILE,
+    FIGURE_TITLES,
+    HYPERPARAMETERS_FILE,
+    TRAIN_RESULTS_FILE,
+)
 from .card import render_model_card
 from .redaction import sanitized_json
 
@@ -32,6 +38,7 @@ __all__ = [
     "collect_upload_files",
     "plan_hub_push",
     "push_folder_to_hub",
+    "push_space",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,7 +52,7 @@ DEFAULT_ALLOW_PATTERNS: tuple[str, ...] = (
     "*.py",
     EVAL_RESULTS_FILE,
     ALL_RESULTS_FILE,
-    "train_results.json",
+    TRAIN_RESULTS_FILE,
     HYPERPARAMETERS_FILE,
     *FIGURE_TITLES,  # evaluation figures (msaf_hf.visualization.figures), embedded in the card
 )
@@ -78,7 +85,7 @@ HUB_STRATEGIES: tuple[str, ...] = ("end", "every_save", "checkpoint", "all_check
 SANITIZED_JSON_FILES: tuple[str, ...] = (
     EVAL_RESULTS_FILE,
     ALL_RESULTS_FILE,
-    "train_results.json",
+    TRAIN_RESULTS_FILE,
     HYPERPARAMETERS_FILE,
 )
 
@@ -300,3 +307,32 @@ def plan_hub_push(
     return HubPushPlan(
         push=True, commit_message=message, checkpoint_folder=str(ckpt), checkpoint_path_in_repo=path_in_repo
     )
+
+
+def push_space(
+    space_id: str,
+    model_id: str,
+    *,
+    token: str | bool | None = None,
+    private: bool = False,
+    endpoint: str | None = None,
+    commit_message: str = "Upload DSNet demo Space",
+    **space_kwargs: Any,
+) -> CommitInfo:
+    """Write the demo Space of ``model_id`` (`msaf_hf.visualization.space.write_space`, which ``space_kwargs`` go to)
+    to a temporary folder and push it to ``space_id`` (created as a Gradio Space if missing) in one commit; returns
+    the ``CommitInfo``."""
+    import tempfile
+
+    from ..visualization.space import write_space
+
+    api = HfApi(endpoint=endpoint, token=token, library_name="msaf_hf")
+    repo_url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+    space_kwargs.setdefault("hub_url", endpoint or api.endpoint)
+    with tempfile.TemporaryDirectory(prefix="dsnet-space-") as tmp:
+        write_space(tmp, model_id, **space_kwargs)
+        info = api.upload_folder(
+            repo_id=repo_url.repo_id, repo_type="space", folder_path=tmp, commit_message=commit_message
+        )
+    logger.info("Pushed the demo Space to %s", info.commit_url)
+    return info

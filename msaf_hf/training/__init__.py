@@ -7,15 +7,16 @@ The command line (``scripts/train.py``) is a thin wrapper around :func:`main`::
 
 Arguments are three dataclasses parsed by transformers' ``HfArgumentParser``: :class:`ModelArguments`
 (which model), :class:`msaf_hf.data.DataArguments` (which data, augmentation) and
-:class:`TrainingArguments` (optimisation, checkpoints, logging; ours, not transformers'). A recipe file
+:class:`DSNetTrainingArguments` (optimisation, checkpoints, logging; ours, not transformers'). A recipe file
 (``--config x.yaml``, flat ``name: value`` pairs) sets any of them; flags given on the command line win.
 
 Modules: :mod:`.arguments` (the argument dataclasses), :mod:`.models` (the model to train), :mod:`.optim`
 (optimiser, schedule), :mod:`.sampler` (data order), :mod:`.checkpointing` (``TrainerState``, checkpoint I/O),
-:mod:`.run_folder` (the output-folder lock, run ids), :mod:`.resume` (claiming the folder, checked resume),
+:mod:`.run_folder` (the output folder's life: lock, run ids, reuse rules, which checkpoint to resume), :mod:`.resume`
+(checked resume settings),
 :mod:`.accelerator` (Accelerator, trackers), :mod:`.card_data` (hyperparameters for the card), :mod:`.pushing`
 (Hub pushes), :mod:`.streaming_state` (``--streaming``: the stream's loader, its positions in checkpoints),
-:mod:`.trainer` (the loop: :class:`~msaf_hf.training.trainer.Trainer`) and :mod:`.cli` (:func:`main`).
+:mod:`.trainer` (the loop: :class:`~msaf_hf.training.trainer.DSNetTrainer`) and :mod:`.cli` (:func:`main`).
 Names are imported on first use.
 
 What :func:`train` guarantees:
@@ -50,7 +51,7 @@ from typing import Any
 
 _EXPORTS = {
     "ModelArguments": ".arguments",
-    "TrainingArguments": ".arguments",
+    "DSNetTrainingArguments": ".arguments",
     "parse_args": ".arguments",
     "build_model": ".models",
     "build_image_processor": ".models",
@@ -58,16 +59,16 @@ _EXPORTS = {
     "create_scheduler": ".optim",
     "lr_factor": ".optim",
     "EpochShuffleSampler": ".sampler",
-    "CHECKPOINT_PREFIX": ".checkpointing",
+    "CHECKPOINT_PREFIX": ".run_folder",
     "TrainerState": ".checkpointing",
-    "find_latest_checkpoint": ".checkpointing",
-    "list_checkpoints": ".checkpointing",
+    "find_latest_checkpoint": ".run_folder",
+    "list_checkpoints": ".run_folder",
     "save_checkpoint": ".checkpointing",
     "save_model_folder": ".checkpointing",
     "create_accelerator": ".accelerator",
     "HubPushError": ".pushing",
     "TrainOutput": ".trainer",
-    "Trainer": ".trainer",
+    "DSNetTrainer": ".trainer",
     "train": ".trainer",
     "main": ".cli",
     "load_recipe": "..recipes",

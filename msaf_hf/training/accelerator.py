@@ -10,12 +10,12 @@ from typing import Any
 import torch
 
 from ..evaluation.evaluator import accelerator_available
-from .arguments import TrainingArguments
+from .arguments import DSNetTrainingArguments
 
 logger = logging.getLogger(__name__)
 
 
-def create_accelerator(args: TrainingArguments) -> Any:
+def create_accelerator(args: DSNetTrainingArguments) -> Any:
     """The ``Accelerator`` for these arguments (CPU when no GPU is present, so that ``accelerate launch`` with
     several processes trains on CPU through gloo)."""
     from accelerate import Accelerator

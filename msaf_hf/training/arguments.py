@@ -1,4 +1,4 @@
-"""The arguments of a training run: ``ModelArguments`` (which model) and ``TrainingArguments`` (optimisation,
+"""The arguments of a training run: ``ModelArguments`` (which model) and ``DSNetTrainingArguments`` (optimisation,
 checkpoints, logging; ours, not transformers'). The data's are ``msaf_hf.data.DataArguments``."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from typing import Any
 
 from ..configuration_dsnet import CITYSCAPES_CLASS_WEIGHTS, DSNetConfig
 from ..data import DataArguments
+from ..hub.push import HUB_STRATEGIES
 from ..presets import list_presets
 from ..recipes import check_field_types, parse_command_line
 
 _OPTIMIZERS = ("sgd", "adamw")
 _SCHEDULERS = ("poly", "cosine", "constant")
 _TRACKERS = ("tensorboard", "trackio", "wandb", "all", "none")
-_HUB_STRATEGIES = ("end", "every_save", "checkpoint", "all_checkpoints")
 _SYNC_BN = ("auto", "true", "false")
 
 
@@ -100,7 +100,7 @@ class ModelArguments:
 
 
 @dataclass
-class TrainingArguments:
+class DSNetTrainingArguments:
     """Optimisation, checkpointing and logging options of :func:`train` (not transformers' TrainingArguments)."""
 
     output_dir: str = field(
@@ -230,7 +230,7 @@ class TrainingArguments:
         metadata={
             "help": "end: push the final model; every_save: also at every checkpoint; checkpoint: also upload the "
             "latest checkpoint to last-checkpoint/; all_checkpoints: every checkpoint in its own folder.",
-            "choices": list(_HUB_STRATEGIES),
+            "choices": list(HUB_STRATEGIES),
         },
     )
     hub_private_repo: bool | None = field(
@@ -244,34 +244,35 @@ class TrainingArguments:
                      "logging_steps", "num_train_epochs"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainingArguments.{name} must be a positive integer, got {value!r}.")
+                raise ValueError(f"DSNetTrainingArguments.{name} must be a positive integer, got {value!r}.")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(
-                f"TrainingArguments.max_steps must be > 0 (or -1 to use num_train_epochs), got {self.max_steps}."
+                f"DSNetTrainingArguments.max_steps must be > 0 (or -1 to use num_train_epochs), got {self.max_steps}."
             )
         for name, choices in (("optimizer", _OPTIMIZERS), ("lr_scheduler_type", _SCHEDULERS),
-                              ("hub_strategy", _HUB_STRATEGIES), ("sync_batchnorm", _SYNC_BN)):
+                              ("hub_strategy", HUB_STRATEGIES), ("sync_batchnorm", _SYNC_BN)):
             value = str(getattr(self, name)).lower()
             if value not in choices:
                 raise ValueError(
-                    f"TrainingArguments.{name} must be one of {list(choices)}, got {getattr(self, name)!r}."
+                    f"DSNetTrainingArguments.{name} must be one of {list(choices)}, got {getattr(self, name)!r}."
                 )
             setattr(self, name, value)
         if self.mixed_precision is not None and self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(
-                f"TrainingArguments.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}."
+                f"DSNetTrainingArguments.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}."
             )
         if self.learning_rate <= 0:
-            raise ValueError(f"TrainingArguments.learning_rate must be > 0, got {self.learning_rate}.")
+            raise ValueError(f"DSNetTrainingArguments.learning_rate must be > 0, got {self.learning_rate}.")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("TrainingArguments: weight_decay must be >= 0 and momentum in [0, 1).")
+            raise ValueError("DSNetTrainingArguments: weight_decay must be >= 0 and momentum in [0, 1).")
         if self.warmup_steps < 0:
-            raise ValueError(f"TrainingArguments.warmup_steps must be >= 0, got {self.warmup_steps}.")
+            raise ValueError(f"DSNetTrainingArguments.warmup_steps must be >= 0, got {self.warmup_steps}.")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             self.max_grad_norm = None  # 0 conventionally means "off"
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ValueError(
-                f"TrainingArguments.checkpoints_total_limit must be >= 1 (or None), got {self.checkpoints_total_limit}."
+                "DSNetTrainingArguments.checkpoints_total_limit must be >= 1 (or None), got "
+                f"{self.checkpoints_total_limit}."
             )
         self.checkpointing_steps = _normalise_interval(self.checkpointing_steps, "checkpointing_steps")
         self.eval_steps = _normalise_interval(self.eval_steps, "eval_steps")
@@ -279,7 +280,7 @@ class TrainingArguments:
         unknown = [t for t in trackers if t not in _TRACKERS]
         if unknown:
             raise ValueError(
-                f"TrainingArguments.report_to: unknown tracker(s) {unknown}; choose from {list(_TRACKERS)}."
+                f"DSNetTrainingArguments.report_to: unknown tracker(s) {unknown}; choose from {list(_TRACKERS)}."
             )
 
     def trackers(self) -> list[str]:
@@ -300,14 +301,14 @@ def _normalise_interval(value: Any, name: str) -> str | None:
     if text == "epoch":
         return text
     if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"TrainingArguments.{name} must be a positive number of steps or 'epoch', got {value!r}.")
+        raise ValueError(f"DSNetTrainingArguments.{name} must be a positive number of steps or 'epoch', got {value!r}.")
     return str(int(text))
 
 
 # --------------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+def parse_args(argv: Sequence[str] | None = None) -> tuple[ModelArguments, DataArguments, DSNetTrainingArguments]:
     """Parse the training command line (``--config recipe.yaml`` supplying defaults; see
     :func:`msaf_hf.recipes.parse_command_line`)."""
-    return parse_command_line(argv, (ModelArguments, DataArguments, TrainingArguments))
+    return parse_command_line(argv, (ModelArguments, DataArguments, DSNetTrainingArguments))

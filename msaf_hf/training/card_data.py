@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..data import DataArguments
-from .arguments import ModelArguments, TrainingArguments
+from .arguments import DSNetTrainingArguments, ModelArguments
 
 
 def flat_hparams(*argument_objects: Any) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def flat_hparams(*argument_objects: Any) -> dict[str, Any]:
     return out
 
 
-def card_hyperparameters(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
+def card_hyperparameters(model_args: ModelArguments, data_args: DataArguments, args: DSNetTrainingArguments,
                           accelerator: Any, max_steps: int, changed_on_resume: dict[str, tuple] | None = None,
                           resume_step: int = 0) -> dict[str, Any]:
     """The hyperparameters written to ``training_hyperparameters.json`` for the model card."""

@@ -1,5 +1,6 @@
 """Checkpoints: ``TrainerState``, atomic saves of the full training state and of model folders, rotation, and
-loading with clear errors for damaged checkpoints or another architecture."""
+loading with clear errors for damaged checkpoints or another architecture. Finding checkpoints (and which one a run
+resumes) is :mod:`msaf_hf.training.run_folder`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +15,9 @@ from typing import Any
 
 import torch
 
-logger = logging.getLogger(__name__)
+from .run_folder import CHECKPOINT_PREFIX, TRAINER_STATE_FILE, checkpoint_run_id, checkpoint_step, list_checkpoints
 
-CHECKPOINT_PREFIX = "checkpoint-"
-TRAINER_STATE_FILE = "trainer_state.json"
-_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,37 +50,6 @@ class TrainerState:
         values = json.loads(path.read_text(encoding="utf-8"))
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
-
-
-def list_checkpoints(output_dir: str | os.PathLike, run_id: str | None = None) -> list[Path]:
-    """Complete checkpoints in ``output_dir``, oldest first. Unfinished ``*.tmp`` folders are not listed.
-
-    With ``run_id``, only that run's checkpoints (and those written before runs had ids).
-    """
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    found = []
-    for path in folder.iterdir():
-        match = _CHECKPOINT_RE.match(path.name)
-        if match and path.is_dir() and (path / TRAINER_STATE_FILE).is_file():
-            if run_id is not None and checkpoint_run_id(path) not in (None, run_id):
-                continue
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
-
-
-def checkpoint_run_id(checkpoint: Path) -> str | None:
-    try:
-        return json.loads((checkpoint / TRAINER_STATE_FILE).read_text(encoding="utf-8")).get("run_id")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def find_latest_checkpoint(output_dir: str | os.PathLike, run_id: str | None = None) -> Path | None:
-    """The newest complete checkpoint in ``output_dir`` (of run ``run_id`` when given), or None."""
-    checkpoints = list_checkpoints(output_dir, run_id)
-    return checkpoints[-1] if checkpoints else None
 
 
 def replace_dir(source: Path, target: Path) -> None:
@@ -143,49 +110,59 @@ def save_model_folder(model: torch.nn.Module, image_processor: Any, folder: str 
     return folder
 
 
-def clean_stale_staging(output_dir: Path) -> None:
-    for path in output_dir.glob(f"{CHECKPOINT_PREFIX}*.tmp"):
-        logger.warning("Removing %s: an unfinished checkpoint of an interrupted run.", path)
-        shutil.rmtree(path, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------------------------------
 
-def load_checkpoint(accelerator: Any, checkpoint: Path, run_id: str | None) -> None:
-    """``accelerator.load_state`` with clear errors: a damaged file is named (and the previous checkpoint offered);
-    weights of another architecture get one short message instead of a page of size mismatches."""
+def load_checkpoint(
+    accelerator: Any, checkpoint: Path, run_id: str | None, model: torch.nn.Module | None = None
+) -> None:
+    """``accelerator.load_state`` with clear errors: weights of another architecture than ``model`` (the unwrapped
+    model being trained) get one short message instead of a page of size mismatches; a damaged file is named (and the
+    previous checkpoint offered)."""
+    mismatch = None if model is None else architecture_mismatch(model, checkpoint)
+    if mismatch is not None:
+        raise ValueError(
+            f"Checkpoint {checkpoint} holds a model of another architecture than this run builds ({mismatch}). Resume "
+            "with the model settings it was trained with (--preset, --config_overrides, --model_name_or_path), or "
+            "start a new run."
+        )
     try:
         accelerator.load_state(str(checkpoint))
-    except Exception as err:  # noqa: BLE001 - re-raised below, explained
+    except Exception:
         damaged = damaged_files(checkpoint)
-        if damaged:
-            earlier = [p for p in list_checkpoints(checkpoint.parent, run_id)
-                       if step_of(p) is not None and step_of(p) < (step_of(checkpoint) or 0)]
-            offer = (f"Resume from the previous checkpoint instead: --resume_from_checkpoint {earlier[-1]}"
-                     if earlier else "There is no earlier checkpoint of this run to fall back to.")
-            raise RuntimeError(
-                f"Checkpoint {checkpoint} is damaged: {checkpoint / damaged[0][0]} cannot be read ({damaged[0][1]}). "
-                f"{offer}"
-            ) from None
-        mismatches = re.findall(r"size mismatch for ([\w.]+): copying a param with shape (torch\.Size\(\[[^\]]*\]\)) "
-                                r"from checkpoint, the shape in current model is (torch\.Size\(\[[^\]]*\]\))", str(err))
-        missing = "Missing key(s)" in str(err) or "Unexpected key(s)" in str(err)
-        if mismatches or missing:
-            example = (f" ({len(mismatches)} tensors differ in shape, e.g. {mismatches[0][0]}: {mismatches[0][1]} "
-                       "in the "
-                       f"checkpoint, {mismatches[0][2]} in this model)" if mismatches else
-                       " (its parameter names differ from this model's)")
-            raise ValueError(
-                f"Checkpoint {checkpoint} holds a model of another architecture than this run builds{example}. Resume "
-                "with the model settings it was trained with (--preset, --config_overrides, --model_name_or_path), or "
-                "start a new run."
-            ) from None
-        raise
+        if not damaged:
+            raise
+        step = checkpoint_step(checkpoint) or 0
+        earlier = [p for p in list_checkpoints(checkpoint.parent, run_id) if (checkpoint_step(p) or 0) < step]
+        offer = (f"Resume from the previous checkpoint instead: --resume_from_checkpoint {earlier[-1]}"
+                 if earlier else "There is no earlier checkpoint of this run to fall back to.")
+        raise RuntimeError(
+            f"Checkpoint {checkpoint} is damaged: {checkpoint / damaged[0][0]} cannot be read ({damaged[0][1]}). "
+            f"{offer}"
+        ) from None
 
 
-def step_of(checkpoint: Path) -> int | None:
-    match = _CHECKPOINT_RE.match(checkpoint.name)
-    return int(match.group(1)) if match else None
+def architecture_mismatch(model: torch.nn.Module, checkpoint: Path) -> str | None:
+    """How the checkpoint's model weights (``model.safetensors``, read from its header only) differ from ``model``'s
+    tensors in name or shape, in a few words; None when they fit (or the file is missing or unreadable: loading
+    reports that)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as weights:
+            saved = {name.removeprefix("module."): tuple(weights.get_slice(name).get_shape())
+                     for name in weights.keys()}
+    except Exception:  # noqa: BLE001 - missing or damaged: accelerator.load_state says which
+        return None
+    current = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    shapes = [(name, saved[name], shape) for name, shape in current.items() if name in saved and saved[name] != shape]
+    if shapes:
+        name, old, new = shapes[0]
+        return (f"{len(shapes)} tensors differ in shape, e.g. {name}: {list(old)} in the checkpoint, {list(new)} in "
+                "this model")
+    unknown = sorted(set(saved) - set(current))
+    if unknown:  # (names the model has but the file lacks may be tied weights that safetensors stores once)
+        return f"its parameter names differ from this model's, e.g. {unknown[0]}"
+    return None
 
 
 def damaged_files(checkpoint: Path) -> list[tuple[str, str]]:

@@ -11,9 +11,9 @@ import torch
 from ..data import DataArguments
 from ..evaluation.evaluator import evaluate
 from ..modeling_dsnet import DSNetForSemanticSegmentation
-from .arguments import TrainingArguments, parse_args
+from .arguments import DSNetTrainingArguments, parse_args
 from .pushing import HubPushError
-from .trainer import Trainer, TrainOutput
+from .trainer import DSNetTrainer, TrainOutput
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> TrainOutput:
     """``scripts/train.py``: parse arguments (and ``--config``), train, then reload the saved final model with
     ``from_pretrained`` and evaluate it again (main process), proving the folder is self-contained."""
     model_args, data_args, training_args = parse_args(argv)
-    trainer = Trainer(model_args, data_args, training_args)
+    trainer = DSNetTrainer(model_args, data_args, training_args)
     try:
         try:
             output = trainer.train()
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> TrainOutput:
     return output
 
 
-def reload_and_report(output: TrainOutput, data_args: DataArguments, training_args: TrainingArguments) -> None:
+def reload_and_report(output: TrainOutput, data_args: DataArguments, training_args: DSNetTrainingArguments) -> None:
     """Reload ``final/`` with ``from_pretrained``, evaluate it on the evaluation set and print its mIoU (main
     process only)."""
     if output.final_dir is None or output.eval_dataset is None or not _is_main_process():

@@ -6,10 +6,10 @@ import math
 
 import torch
 
-from .arguments import TrainingArguments
+from .arguments import DSNetTrainingArguments
 
 
-def create_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
+def create_optimizer(model: torch.nn.Module, args: DSNetTrainingArguments) -> torch.optim.Optimizer:
     """SGD with momentum (published) or AdamW; weight decay on every parameter, as the published code does."""
     params = [p for p in model.parameters() if p.requires_grad]
     if args.optimizer == "sgd":
@@ -35,7 +35,7 @@ def lr_factor(step: int, max_steps: int, kind: str = "poly", power: float = 0.9,
 
 
 def create_scheduler(
-    optimizer: torch.optim.Optimizer, args: TrainingArguments, max_steps: int
+    optimizer: torch.optim.Optimizer, args: DSNetTrainingArguments, max_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step ``LambdaLR`` of :func:`lr_factor`. A closure (not a callable object), so a resumed run's
     schedule comes from its own arguments while the step count comes from the checkpoint."""

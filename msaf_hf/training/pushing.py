@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .arguments import TrainingArguments
+from .arguments import DSNetTrainingArguments
 
 
 class HubPushError(RuntimeError):
@@ -20,7 +20,7 @@ class HubPushError(RuntimeError):
         )
 
 
-def push_command(args: TrainingArguments, final_dir: Path, output_dir: Path) -> str:
+def push_command(args: DSNetTrainingArguments, final_dir: Path, output_dir: Path) -> str:
     import shlex
 
     repo_id = args.hub_model_id or output_dir.resolve().name
@@ -35,7 +35,7 @@ def push_command(args: TrainingArguments, final_dir: Path, output_dir: Path) -> 
     return " ".join(shlex.quote(w) for w in words)
 
 
-def make_pusher(args: TrainingArguments, output_dir: Path) -> Any:
+def make_pusher(args: DSNetTrainingArguments, output_dir: Path) -> Any:
     if not args.push_to_hub:
         return None
     from ..hub import BackgroundPusher

@@ -15,7 +15,7 @@ from ..benchmarking import (
     COMPILE_MODES,
     DSNET_PRESETS,
     MODEL_NAMES,
-    build_model,
+    build_benchmark_model,
     count_parameters,
     synchronize,
     time_callables,
@@ -64,7 +64,7 @@ def _prepare_training_step(
     if batch_size < 2 and case.name in DSNET_PRESETS:
         raise ValueError("DSNet training needs at least 2 images per batch (the pooled BatchNorms).")
     fmt = torch.channels_last if case.channels_last else torch.contiguous_format
-    model = build_model(case.name, num_labels).to(device).to(memory_format=fmt).train()
+    model = build_benchmark_model(case.name, num_labels).to(device).to(memory_format=fmt).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     use_autocast = dtype != torch.float32
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

@@ -1,7 +1,7 @@
-"""The training loop: :class:`Trainer` (one run) and :func:`train`.
+"""The training loop: :class:`DSNetTrainer` (one run) and :func:`train`.
 
-``Trainer(model_args, data_args, args)`` claims the output folder and builds everything the run needs, prepared by
-Accelerate and resumed from a checkpoint if asked; :meth:`Trainer.train` runs the loop, evaluates, checkpoints,
+``DSNetTrainer(model_args, data_args, args)`` claims the output folder and builds everything the run needs, prepared by
+Accelerate and resumed from a checkpoint if asked; :meth:`DSNetTrainer.train` runs the loop, evaluates, checkpoints,
 saves ``final/`` (and ``best/``) and pushes. See :mod:`msaf_hf.training` for what is guaranteed.
 """
 
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from ..data import DataArguments, SegmentationData, collate_fn, load_segmentation_data
 from ..evaluation import evaluator
-from ..evaluation.results import (
+from ..results import (
     ALL_RESULTS_FILE,
     EVAL_RESULTS_FILE,
     HYPERPARAMETERS_FILE,
@@ -34,25 +34,20 @@ from ..evaluation.results import (
     write_results_file,
 )
 from .accelerator import broadcast_buffers, create_accelerator, setup_logging
-from .arguments import ModelArguments, TrainingArguments
+from .arguments import DSNetTrainingArguments, ModelArguments
 from .card_data import card_hyperparameters, flat_hparams
 from .checkpointing import TrainerState, load_checkpoint, save_checkpoint, save_model_folder
 from .models import build_image_processor, build_model, model_color_table, resolve_class_weights
 from .optim import create_optimizer, create_scheduler
 from .pushing import HubPushError, make_pusher, push_command
-from .resume import (
-    apply_changed_hyperparameters,
-    check_resume_settings,
-    claim_output_dir,
-    result_settings,
-    resumed_state,
-)
+from .resume import apply_changed_hyperparameters, check_resume_settings, result_settings, resumed_state
+from .run_folder import claim_output_dir
 from .sampler import EpochShuffleSampler
 from .streaming_state import is_streaming, streaming_loader
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StepCallback", "TrainOutput", "Trainer", "plan_steps", "train"]
+__all__ = ["StepCallback", "TrainOutput", "DSNetTrainer", "plan_steps", "train"]
 
 StepCallback = Callable[[TrainerState], bool | None]
 
@@ -76,7 +71,7 @@ class TrainOutput:
 def train(
     model_args: ModelArguments,
     data_args: DataArguments,
-    args: TrainingArguments,
+    args: DSNetTrainingArguments,
     callbacks: Iterable[StepCallback] = (),
 ) -> TrainOutput:
     """Train (or fine-tune) DSNet; see :mod:`msaf_hf.training` for what is guaranteed.
@@ -85,14 +80,14 @@ def train(
     that step) with the :class:`TrainerState`; returning True stops training early (the final model is still
     evaluated and saved). Exceptions they raise propagate (e.g. to simulate a crash in tests).
     """
-    trainer = Trainer(model_args, data_args, args)
+    trainer = DSNetTrainer(model_args, data_args, args)
     try:
         return trainer.train(callbacks)
     finally:
         trainer.release()
 
 
-def plan_steps(num_examples: int, args: TrainingArguments, num_processes: int) -> tuple[int, int, int, int]:
+def plan_steps(num_examples: int, args: DSNetTrainingArguments, num_processes: int) -> tuple[int, int, int, int]:
     """(optimiser steps per epoch, examples used per epoch, max_steps, number of epochs)."""
     per_step = args.per_device_train_batch_size * num_processes * args.gradient_accumulation_steps
     steps_per_epoch = num_examples // per_step
@@ -112,7 +107,7 @@ def plan_steps(num_examples: int, args: TrainingArguments, num_processes: int) -
     return steps_per_epoch, steps_per_epoch * per_step, max_steps, num_epochs
 
 
-class Trainer:
+class DSNetTrainer:
     """One training run. The output folder stays locked (main process) from construction until :meth:`release`.
 
     Attributes after construction: ``accelerator``, ``data`` (``SegmentationData``), ``model`` (prepared: DDP-wrapped
@@ -121,7 +116,7 @@ class Trainer:
     ``metrics`` and ``confusion`` of the last one, ``best_dir``.
     """
 
-    def __init__(self, model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> None:
+    def __init__(self, model_args: ModelArguments, data_args: DataArguments, args: DSNetTrainingArguments) -> None:
         self.model_args, self.data_args, self.args = model_args, data_args, args
         self.accelerator = create_accelerator(args)
         setup_logging(self.accelerator)
@@ -233,7 +228,7 @@ class Trainer:
         """Load the checkpoint's state (after checking its settings); returns the settings changed on resume."""
         saved = TrainerState.load(resume_dir)
         changed = check_resume_settings(saved, self.state, self.args, resume_dir)
-        load_checkpoint(self.accelerator, resume_dir, run_id)
+        load_checkpoint(self.accelerator, resume_dir, run_id, self.unwrapped())
         if changed:
             apply_changed_hyperparameters(self.optimizer, self.scheduler, self.args)
         self.state = resumed_state(saved, self.state)
@@ -392,7 +387,7 @@ class Trainer:
         self.model.train()
 
     def eval_results(self) -> dict[str, Any]:
-        """The ``eval_results.json`` content of the last evaluation (:mod:`msaf_hf.evaluation.results`)."""
+        """The ``eval_results.json`` content of the last evaluation (:mod:`msaf_hf.results`)."""
         return eval_results(self.metrics, self.data.id2label, step=self.state.global_step, **self.dataset_info)
 
     def write_figures(self, folder: Path, results: dict[str, Any] | None = None) -> None:

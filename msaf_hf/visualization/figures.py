@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluation.results import (
+from ..results import (
     CONFUSION_MATRIX_FIGURE,
     FIGURE_TITLES,
     PER_CLASS_IOU_FIGURE,

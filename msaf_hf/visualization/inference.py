@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
+from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from .palettes import label_colors
 
-__all__ = ["SegmentationResult", "Segmenter", "load_segmenter", "parse_size", "resolve_device"]
+__all__ = ["SegmentationResult", "Segmenter", "load_segmenter", "parse_image_size", "resolve_device"]
 
 
 @dataclass
@@ -44,7 +44,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
-def parse_size(value: str | int | Sequence[int] | None) -> tuple[int, int] | int | None:
+def parse_image_size(value: str | int | Sequence[int] | None) -> tuple[int, int] | int | None:
     """``"HxW"`` -> ``(H, W)``; ``"N"`` or ``N`` -> ``N`` (the shorter side, aspect ratio kept); ``None`` -> None."""
     if value is None:
         return None
@@ -96,7 +96,7 @@ class Segmenter:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.image_processor = image_processor
-        self.size = parse_size(size)
+        self.size = parse_image_size(size)
         config = model.config
         self.id2label = {int(k): str(v) for k, v in config.id2label.items()}
         self.num_labels = int(config.num_labels)
@@ -137,13 +137,10 @@ class Segmenter:
             kwargs = {"output_attentions": True} if fusion_maps else {}
             outputs = self.model(pixel_values=pixel_values, **kwargs)
             logits = outputs.logits.float()
-            maps = []
-            for row, index in enumerate(indices):
-                width, height = images[index].size
-                scores = F.interpolate(
-                    logits[row : row + 1], size=(height, width), mode="bilinear", align_corners=False
-                )
-                maps.append(scores[0].argmax(dim=0))
+            # The image processor owns logits -> label map (upsampling to each image's size, then class ids).
+            maps = self.image_processor.post_process_semantic_segmentation(
+                SemanticSegmenterOutput(logits=logits), target_sizes=[images[index].size[::-1] for index in indices]
+            )
             label_maps = [m.cpu().numpy().astype(np.int64) for m in maps]
             weights = None
             if fusion_maps:
@@ -191,17 +188,16 @@ def load_segmenter(
             f"{source!r} has no usable image processor (preprocessor_config.json): {error}. Save one beside the "
             "model (image_processor.save_pretrained(folder)) so that inputs are normalised as in training."
         ) from error
-    return Segmenter(model, image_processor, device=device, size=parse_size(size))
+    return Segmenter(model, image_processor, device=device, size=parse_image_size(size))
 
 
 def _exported_engine_model(source: str) -> Any:
     """The engine model of a folder written by ``scripts/export.py`` (OpenVINO / ONNX Runtime), else None. Needs
     msaf_hf installed; a Space's copy of this module loads Hub models only."""
     try:
-        from msaf_hf.engines import load_segmenter as load_engine_or_model
-        from msaf_hf.engines import read_engine_spec
+        from msaf_hf.engines import load_segmentation_model, read_engine_spec
     except ImportError:
         return None
     if not os.path.isdir(source) or read_engine_spec(source) is None:
         return None
-    return load_engine_or_model(source)
+    return load_segmentation_model(source)

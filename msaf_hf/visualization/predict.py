@@ -45,7 +45,7 @@ from .rendering import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
+    "INPUT_IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
     "InputItem",
     "PredictionSummary",
@@ -57,7 +57,9 @@ __all__ = [
     "predict_video",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"})
+#: Picture files this command takes as input (wider than a dataset folder's `msaf_hf.data.images.IMAGE_EXTENSIONS`:
+#: any picture PIL opens, GIF frames included).
+INPUT_IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".ts"})
 #: Suffixes of the files this command writes (so that its own outputs are never taken for inputs).
 OUTPUT_SUFFIXES = (
@@ -110,7 +112,7 @@ def collect_inputs(inputs: Sequence[str]) -> tuple[list[InputItem], list[Path]]:
                 for p in path.rglob("*")
                 if p.is_file()
                 and not p.name.startswith(".")
-                and p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+                and p.suffix.lower() in INPUT_IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
                 and not p.name.endswith(OUTPUT_SUFFIXES)
             )
             items += [InputItem(p, p.relative_to(path).with_suffix("").as_posix(), _kind(p)) for p in files]
@@ -289,7 +291,8 @@ def predict_dataset(
     def readable() -> Iterator[tuple[InputItem, Image.Image]]:
         for index in range(len(dataset)):
             name = dataset.name(index)
-            stem = Path(name).with_suffix("").as_posix() if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name
+            is_file_name = Path(name).suffix.lower() in INPUT_IMAGE_EXTENSIONS
+            stem = Path(name).with_suffix("").as_posix() if is_file_name else name
             count = used.get(stem.lower(), 0)
             used[stem.lower()] = count + 1
             item = InputItem(Path(name), stem if not count else f"{stem}-{count + 1}", "image")

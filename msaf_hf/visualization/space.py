@@ -1,23 +1,19 @@
-"""Writing and pushing a Gradio demo Space for a DSNet model on the Hub (``scripts/push_to_hub.py --space``).
+"""Writing a Gradio demo Space for a DSNet model on the Hub (``scripts/push_to_hub.py --space``).
 
 The Space loads the model by repo id with ``trust_remote_code=True`` (the model repo ships DSNet's code), so it does
-not need msaf_hf: it carries copies of the self-contained rendering and demo modules in ``dsnet_demo/``.
+not need msaf_hf: it carries copies of the self-contained rendering and demo modules in ``dsnet_demo/``. Pushing it
+is `msaf_hf.hub.push_space` (all Hub access goes through `msaf_hf.hub`).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["SPACE_MODULES", "push_space", "write_space"]
+__all__ = ["SPACE_MODULES", "write_space"]
 
 #: Files of this package copied into the Space's ``dsnet_demo/`` package (they import only each other).
 SPACE_MODULES = ("palettes.py", "rendering.py", "inference.py", "demo.py")
@@ -152,29 +148,3 @@ def write_space(
         shutil.copyfile(example, folder / "examples" / example.name)
         written.append(f"examples/{example.name}")
     return sorted(written)
-
-
-def push_space(
-    space_id: str,
-    model_id: str,
-    *,
-    token: str | bool | None = None,
-    private: bool = False,
-    endpoint: str | None = None,
-    commit_message: str = "Upload DSNet demo Space",
-    **space_kwargs: Any,
-) -> Any:
-    """Write the Space (`write_space`) to a temporary folder and push it to ``space_id`` (created as a Gradio Space
-    if missing) in one commit; returns the ``CommitInfo``."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(endpoint=endpoint, token=token, library_name="msaf_hf")
-    repo_url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-    space_kwargs.setdefault("hub_url", endpoint or api.endpoint)
-    with tempfile.TemporaryDirectory(prefix="dsnet-space-") as tmp:
-        write_space(tmp, model_id, **space_kwargs)
-        info = api.upload_folder(
-            repo_id=repo_url.repo_id, repo_type="space", folder_path=tmp, commit_message=commit_message
-        )
-    logger.info("Pushed the demo Space to %s", info.commit_url)
-    return info

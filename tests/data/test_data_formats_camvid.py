@@ -11,7 +11,7 @@ from camvid_subset import FORMATS, as_argv, expected_pixels, read_subset, write_
 
 from msaf_hf.commands.check_data import main as check_data
 from msaf_hf.data import DataArguments
-from msaf_hf.training import ModelArguments, TrainingArguments, train
+from msaf_hf.training import DSNetTrainingArguments, ModelArguments, train
 
 pytestmark = pytest.mark.usefixtures("one_thread_and_fresh_accelerate_state")
 
@@ -24,7 +24,7 @@ def subset():
 def _train(output_dir, flags):
     model = ModelArguments(config_overrides="base_channels=4,ohem_min_kept=64")
     data = DataArguments(crop_size=[48, 64], **flags)
-    args = TrainingArguments(output_dir=str(output_dir), max_steps=3, per_device_train_batch_size=2, seed=0,
+    args = DSNetTrainingArguments(output_dir=str(output_dir), max_steps=3, per_device_train_batch_size=2, seed=0,
                              logging_steps=1, disable_tqdm=True, save_best_model=False)
     return train(model, data, args)
 

@@ -19,13 +19,13 @@ from torch import nn
 
 from msaf_hf import DSNetForSemanticSegmentation, load_preset
 from msaf_hf.engines import (
-    DEFAULT_RECIPE,
+    DEFAULT_QUANTIZATION_SCHEME,
     MissingEngineError,
     ONNXRuntimeSegmenter,
     OpenVINOSegmenter,
     export_to_engine,
     load_calibration_images,
-    load_segmenter,
+    load_segmentation_model,
     read_engine_spec,
 )
 
@@ -96,7 +96,7 @@ def test_openvino_fp32_matches_torch_at_any_size(exported, tiny_model):
     assert check["input_shape"] == [1, 3, *SIZE] and check["argmax_agreement"] >= 0.999
     assert check["max_relative_difference"] <= 1e-4 and check["max_relative_difference_to_float64"] <= 1e-4
     assert 0 < check["torch_float32_to_float64"] <= 1e-4  # float32 rounding: never exactly 0, never large
-    model = load_segmenter(folder, num_threads=1)
+    model = load_segmentation_model(folder, num_threads=1)
     assert isinstance(model, OpenVINOSegmenter)
     for pixel_values in _images((1, 3, 64, 64), (2, 3, 64, 64), (1, 3, 48, 80), (1, 3, 96, 128)):
         with torch.no_grad():
@@ -112,7 +112,7 @@ def test_onnxruntime_fp32_matches_torch_and_is_fixed_size(exported, tiny_model):
     folder = exported("onnxruntime", "fp32")
     spec = read_engine_spec(folder)
     assert (spec.name, spec.precision, spec.input_size) == ("onnxruntime", "fp32", SIZE)
-    model = load_segmenter(folder, num_threads=1)
+    model = load_segmentation_model(folder, num_threads=1)
     assert isinstance(model, ONNXRuntimeSegmenter)
     for pixel_values in _images((1, 3, 64, 64), (3, 3, 64, 64)):  # the batch size is free
         with torch.no_grad():
@@ -138,7 +138,7 @@ def test_int8_export_is_quantised_and_runs(exported, tiny_model, engine):
     folder = exported(engine, "int8")
     spec = read_engine_spec(folder)
     assert spec.precision == "int8"
-    assert spec.quantization["recipe"]["name"] == DEFAULT_RECIPE.name == "balanced"
+    assert spec.quantization["scheme"]["name"] == DEFAULT_QUANTIZATION_SCHEME.name == "balanced"
     assert spec.quantization["calibration_images"] == 8 and spec.quantization["nodes_kept_fp32"] == 0
     check = json.loads((folder / "config.json").read_text())["engine"]["check"]
     assert check["input"] == "the first calibration image" and check["input_shape"] == [1, 3, *SIZE]
@@ -147,7 +147,7 @@ def test_int8_export_is_quantised_and_runs(exported, tiny_model, engine):
 
         graph = ov.Core().read_model(str(folder / "openvino_model.xml"))
         assert [op for op in graph.get_ops() if op.get_type_name() == "FakeQuantize"], "the model was not quantised"
-        # The default recipe quantises every part, MSAF's attention convolutions and the trunk included.
+        # The default scheme quantises every part, MSAF's attention convolutions and the trunk included.
         reads_int8 = _convolutions_reading_int8(graph)
         assert all(any(reads_int8[part]) for part in (".fusions.", ".shared_stage1.", "decode_head.conv")), reads_int8
     else:
@@ -155,7 +155,7 @@ def test_int8_export_is_quantised_and_runs(exported, tiny_model, engine):
 
         graph = onnx.load(str(folder / "model.onnx"))
         assert any(node.op_type == "QuantizeLinear" for node in graph.graph.node)
-    model = load_segmenter(folder, num_threads=1)
+    model = load_segmentation_model(folder, num_threads=1)
     # Images of the calibration distribution (the synthetic set's validation split, not used for calibration).
     pixel_values = torch.cat(load_calibration_images("synthetic", split="validation",
                                                       num_samples=4, size=SIZE))
@@ -187,21 +187,22 @@ def _convolutions_reading_int8(graph) -> dict[str, list[bool]]:
 
 
 @pytest.mark.slow
-def test_accurate_recipe_keeps_the_shared_trunk_in_float32(tmp_path, tiny_model):
+def test_accurate_scheme_keeps_the_shared_trunk_in_float32(tmp_path, tiny_model):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     import openvino as ov
 
     calibration = load_calibration_images("synthetic", num_samples=4, size=SIZE)
     folder = export_to_engine(tiny_model, tmp_path / "accurate", engine="openvino", precision="int8",
-                              height=SIZE[0], width=SIZE[1], calibration_images=calibration, recipe="accurate")
+                              height=SIZE[0], width=SIZE[1], calibration_images=calibration,
+                              quantization_scheme="accurate")
     spec = read_engine_spec(folder)
-    assert spec.quantization["recipe"]["name"] == "accurate" and spec.quantization["nodes_kept_fp32"] > 0
+    assert spec.quantization["scheme"]["name"] == "accurate" and spec.quantization["nodes_kept_fp32"] > 0
     reads_int8 = _convolutions_reading_int8(ov.Core().read_model(str(folder / "openvino_model.xml")))
     trunk = [".shared_stage1.", ".shared_stage2.", ".skip_stage."]
     assert not any(any(reads_int8[part]) for part in trunk), reads_int8  # float32: no quantiser before them
     assert all(any(reads_int8[part]) for part in (".context_branch.", ".fusions.", "decode_head.conv")), reads_int8
-    logits = load_segmenter(folder, num_threads=1)(pixel_values=torch.cat(calibration[:2])).logits
+    logits = load_segmentation_model(folder, num_threads=1)(pixel_values=torch.cat(calibration[:2])).logits
     assert logits.shape == (2, NUM_LABELS, SIZE[0] // 4, SIZE[1] // 4) and torch.isfinite(logits).all()
 
 
@@ -262,7 +263,7 @@ def test_wrong_engine_and_plain_checkpoint_folders(exported, tiny_model, tmp_pat
     tiny_model.save_pretrained(tmp_path / "torch")
     with pytest.raises(ValueError, match="is a PyTorch checkpoint, not an exported engine folder"):
         OpenVINOSegmenter.from_pretrained(tmp_path / "torch")
-    assert isinstance(load_segmenter(tmp_path / "torch"), DSNetForSemanticSegmentation)
+    assert isinstance(load_segmentation_model(tmp_path / "torch"), DSNetForSemanticSegmentation)
 
 
 @pytest.mark.slow
@@ -276,7 +277,7 @@ def test_export_into_a_used_folder_replaces_the_earlier_export(tmp_path, tiny_mo
     assert sorted(p.name for p in folder.iterdir()) == [
         "config.json", "notes.txt", "openvino_model.bin", "openvino_model.xml", "preprocessor_config.json"
     ]
-    assert isinstance(load_segmenter(folder), OpenVINOSegmenter)
+    assert isinstance(load_segmentation_model(folder), OpenVINOSegmenter)
     assert not list(tmp_path.glob(".out.export-*"))  # no staging folder left behind
 
 
@@ -303,7 +304,7 @@ def test_image_segmentation_pipeline_on_an_engine_model(exported):
     from transformers import AutoImageProcessor, pipeline
 
     folder = exported("onnxruntime", "fp32")  # fixed 64x64: the processor resizes any image to it
-    segmenter = pipeline("image-segmentation", model=load_segmenter(folder),
+    segmenter = pipeline("image-segmentation", model=load_segmentation_model(folder),
                          image_processor=AutoImageProcessor.from_pretrained(folder))
     image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
     results = segmenter(image)
@@ -322,7 +323,7 @@ def test_missing_engine_package_names_the_extra(exported, tiny_model, tmp_path, 
     folder = exported(engine, "fp32")
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
     with pytest.raises(MissingEngineError, match=rf"pip install 'msaf_hf\[{extra}\]'"):
-        load_segmenter(folder)
+        load_segmentation_model(folder)
     with pytest.raises(MissingEngineError, match=rf"msaf_hf\[{extra}\]"):
         export_to_engine(tiny_model, tmp_path / "out", engine=engine, height=64, width=64)
 
@@ -356,27 +357,27 @@ def test_benchmark_engine_variants_are_validated():
         InferenceCase("dsnet", "openvino-fp32", compile_mode="default")
     with pytest.raises(ValueError, match="only the 'eval' variant"):
         InferenceCase("segformer-b0", "onnxruntime-fp32")
-    InferenceCase("dsnet", "onnxruntime-int8", recipe="naive")
-    with pytest.raises(ValueError, match="recipe applies to the int8"):
-        InferenceCase("dsnet", "openvino-fp32", recipe="naive")
+    InferenceCase("dsnet", "onnxruntime-int8", quantization_scheme="naive")
+    with pytest.raises(ValueError, match="scheme applies to the int8"):
+        InferenceCase("dsnet", "openvino-fp32", quantization_scheme="naive")
 
 
 @pytest.mark.slow
-def test_benchmark_times_engines_per_int8_recipe(tmp_path):
+def test_benchmark_times_engines_per_quantization_scheme(tmp_path):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     # In its own process, as users run it: engines timed with two threads in the pytest process left it in a state
     # where a later fork (another test starting processes) segfaulted.
     output = tmp_path / "benchmark.json"
     command = [sys.executable, str(Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"), "inference",
-               "--models", "dsnet", "--variants", "eval", "openvino-fp32", "openvino-int8", "--int8-recipes", "naive",
-               "balanced", "--height", "32", "--width", "64", "--warmup", "0", "--repeats", "1", "--no-flops",
+               "--models", "dsnet", "--variants", "eval", "openvino-fp32", "openvino-int8", "--quantization_schemes",
+               "naive", "balanced", "--height", "32", "--width", "64", "--warmup", "0", "--repeats", "1", "--no-flops",
                "--json", str(output)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(output.read_text())["results"]
     assert [r["variant"] for r in results] == ["eval", "openvino-fp32", "openvino-int8", "openvino-int8"]
-    assert [r.get("recipe") for r in results] == [None, None, "naive", "balanced"]
+    assert [r.get("quantization_scheme") for r in results] == [None, None, "naive", "balanced"]
     assert results[1]["engine_check"]["argmax_agreement"] > 0.99  # the same weights as the torch rows
     assert all(r["images_per_s"] > 0 for r in results)
     assert "openvino-int8 (naive)" in result.stdout and "openvino-int8 (balanced)" in result.stdout
@@ -405,3 +406,36 @@ def test_pictures_from_an_exported_folder_match_the_torch_model(exported, tiny_m
     for ours, theirs in zip(segmenter.predict(images), reference.predict(images), strict=True):
         assert ours.label_map.shape == SIZE
         assert (ours.label_map == theirs.label_map).mean() >= 0.999
+
+
+def test_old_spellings_of_the_quantization_scheme_still_work(caplog):
+    """`--recipe` (export) and `--int8-recipes` (benchmark) are deprecated spellings; folders exported before the
+    rename (`quantization.recipe` in config.json) still read, as `quantization.scheme`."""
+    import importlib.util
+
+    from msaf_hf.engines import exporting
+
+    args = exporting.build_parser().parse_args(["model", "out", "--recipe", "accurate"])
+    with caplog.at_level("WARNING"):
+        assert exporting._quantization_scheme(args) == "accurate"
+    assert "--recipe is deprecated" in caplog.text
+    new = exporting.build_parser().parse_args(["model", "out", "--quantization_scheme", "naive"])
+    assert exporting._quantization_scheme(new) == "naive"
+    assert exporting._quantization_scheme(exporting.build_parser().parse_args(["model", "out"])) == "balanced"
+    with pytest.raises(SystemExit, match="disagree"):
+        exporting._quantization_scheme(exporting.build_parser().parse_args(
+            ["model", "out", "--recipe", "naive", "--quantization_scheme", "accurate"]))
+
+    spec = importlib.util.spec_from_file_location("benchmark_script", Path(__file__).resolve().parents[2] / "scripts"
+                                                  / "benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    for flag in ("--int8-recipes", "--quantization_schemes"):
+        parsed = benchmark.build_parser().parse_args(["inference", flag, "naive", "accurate"])
+        assert parsed.quantization_schemes == ["naive", "accurate"]
+
+    from msaf_hf.engines import EngineSpec
+
+    old = EngineSpec.from_dict({"name": "openvino", "precision": "int8", "input_size": None, "example_size": [32, 64],
+                                "quantization": {"recipe": {"name": "balanced"}, "calibration_images": 4}})
+    assert old.quantization == {"scheme": {"name": "balanced"}, "calibration_images": 4}

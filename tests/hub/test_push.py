@@ -266,3 +266,17 @@ def test_push_to_hub_script_subprocess_uses_env(local_hub: LocalHub, tmp_path: P
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_cli_push(local_hub, token, proc.stdout)
     assert token not in proc.stdout + proc.stderr
+
+
+def test_push_space_goes_through_the_hub_package(local_hub: LocalHub, tmp_path: Path) -> None:
+    """The demo Space is written by msaf_hf.visualization.space and pushed by msaf_hf.hub (all Hub access there)."""
+    from msaf_hf.hub import push_space
+
+    token = local_hub.add_token("me")
+    info = push_space("me/dsnet-demo", "me/dsnet", token=token, endpoint=local_hub.url, title="DSNet demo")
+    files = set(HfApi(endpoint=local_hub.url, token=token).list_repo_files("me/dsnet-demo", repo_type="space"))
+    assert {"app.py", "requirements.txt", "README.md", "dsnet_demo/inference.py"} <= files
+    assert info.commit_url.startswith(local_hub.url)
+    readme = hf_hub_download("me/dsnet-demo", "README.md", repo_type="space", endpoint=local_hub.url, token=token,
+                             cache_dir=tmp_path / "cache")
+    assert "me/dsnet" in Path(readme).read_text(encoding="utf-8")

@@ -14,7 +14,7 @@ from msaf_hf import DSNetForSemanticSegmentation
 from msaf_hf.data import DataArguments
 from msaf_hf.data.class_weights import ClassFrequencies, median_frequency_weights
 from msaf_hf.hub import render_model_card
-from msaf_hf.training import ModelArguments, TrainingArguments, train
+from msaf_hf.training import DSNetTrainingArguments, ModelArguments, train
 
 pytestmark = pytest.mark.usefixtures("one_thread_and_fresh_accelerate_state")
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_and_fresh_accelerate_state")
 def _run(tmp_path, flags, class_weights, max_steps=2):
     model = ModelArguments(config_overrides="base_channels=4,ohem_min_kept=64")
     data = DataArguments(crop_size=[48, 64], eval_split="none", **flags)
-    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=max_steps, per_device_train_batch_size=2,
+    args = DSNetTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=max_steps, per_device_train_batch_size=2,
                              seed=0, disable_tqdm=True, class_weights=class_weights, save_best_model=False)
     return train(model, data, args)
 
@@ -91,10 +91,10 @@ def test_label_colors_model_uses_the_fine_tuned_models_label2color(tmp_path, tin
     model = ModelArguments(model_name_or_path=str(tmp_path / "base"))
     data = DataArguments(image_dir=str(images), mask_dir=str(masks), eval_image_dir=str(images),
                          eval_mask_dir=str(masks), label_colors="model", crop_size=[32, 32])
-    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=2,
+    args = DSNetTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=2,
                              disable_tqdm=True, save_best_model=False)
     output = train(model, data, args)
     assert output.model.config.id2label == {i: f"c{i}" for i in range(5)}  # the names came with the colours
     assert output.confusion_matrix.sum() == 4 * 32 * 32  # every pixel decoded to a class and scored
     with pytest.raises(ValueError, match="--label_colors model needs --model_name_or_path"):
-        train(ModelArguments(), data, TrainingArguments(output_dir=str(tmp_path / "run2"), max_steps=1))
+        train(ModelArguments(), data, DSNetTrainingArguments(output_dir=str(tmp_path / "run2"), max_steps=1))

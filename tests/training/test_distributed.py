@@ -26,12 +26,12 @@ ACCELERATE_CONFIG = REPO_ROOT / "configuration" / "accelerate" / "cpu_2proc.yaml
 
 def _arguments(output_dir: str):
     from msaf_hf.data import DataArguments
-    from msaf_hf.training import ModelArguments, TrainingArguments
+    from msaf_hf.training import DSNetTrainingArguments, ModelArguments
 
     return (
         ModelArguments(config_overrides="base_channels=4,ohem_min_kept=64"),
         DataArguments(synthetic=True, synthetic_num_train=24, synthetic_num_eval=5, synthetic_image_size=[32, 32]),
-        TrainingArguments(output_dir=output_dir, max_steps=6, per_device_train_batch_size=2, logging_steps=2,
+        DSNetTrainingArguments(output_dir=output_dir, max_steps=6, per_device_train_batch_size=2, logging_steps=2,
                           eval_steps="3", checkpointing_steps="3", disable_tqdm=True),
     )
 

@@ -38,7 +38,7 @@ def crash_at(step: int):
 
 def streamed_run(data_dir: Path, output_dir: Path, **overrides):
     from msaf_hf.data import DataArguments
-    from msaf_hf.training import ModelArguments, TrainingArguments
+    from msaf_hf.training import DSNetTrainingArguments, ModelArguments
 
     data = {"dataset_name": str(data_dir), "streaming": True, "shuffle_buffer_size": 5, "crop_size": [32, 32],
             "eval_split": "none"}
@@ -48,7 +48,7 @@ def streamed_run(data_dir: Path, output_dir: Path, **overrides):
     for key, value in overrides.items():
         (data if key in DataArguments.__dataclass_fields__ else training)[key] = value
     return (ModelArguments(config_overrides="base_channels=4,ohem_min_kept=64"), DataArguments(**data),
-            TrainingArguments(**training))
+            DSNetTrainingArguments(**training))
 
 
 def _reset_accelerate() -> None:

@@ -21,10 +21,10 @@ from msaf_hf import DSNetForSemanticSegmentation, DSNetImageProcessor, load_pres
 from msaf_hf.configuration_dsnet import CITYSCAPES_CLASS_WEIGHTS
 from msaf_hf.data import BadExampleError, DataArguments, synthetic_id2label
 from msaf_hf.training import (
+    DSNetTrainingArguments,
     EpochShuffleSampler,
     ModelArguments,
     TrainerState,
-    TrainingArguments,
     build_model,
     find_latest_checkpoint,
     list_checkpoints,
@@ -45,7 +45,7 @@ RECIPES = sorted((REPO_ROOT / "configuration").glob("*.yaml"))
 pytestmark = pytest.mark.usefixtures("one_thread_and_fresh_accelerate_state")
 
 
-def tiny_run(output_dir: Path, **overrides) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+def tiny_run(output_dir: Path, **overrides) -> tuple[ModelArguments, DataArguments, DSNetTrainingArguments]:
     """Arguments of a seconds-long run: base width 4, 32x32 synthetic images, 5 steps per epoch."""
     model = {"config_overrides": "base_channels=4,ohem_min_kept=64"}
     data = {"synthetic": True, "synthetic_num_train": 20, "synthetic_num_eval": 3, "synthetic_image_size": [32, 32]}
@@ -55,7 +55,7 @@ def tiny_run(output_dir: Path, **overrides) -> tuple[ModelArguments, DataArgumen
         target = model if key in ModelArguments.__dataclass_fields__ else (
             data if key in DataArguments.__dataclass_fields__ else training)
         target[key] = value
-    return ModelArguments(**model), DataArguments(**data), TrainingArguments(**training)
+    return ModelArguments(**model), DataArguments(**data), DSNetTrainingArguments(**training)
 
 
 class Crash(Exception):
@@ -148,13 +148,13 @@ def test_config_overrides_parsing():
 
 def test_training_arguments_validation():
     with pytest.raises(ValueError, match="checkpointing_steps"):
-        TrainingArguments(checkpointing_steps="often")
+        DSNetTrainingArguments(checkpointing_steps="often")
     with pytest.raises(ValueError, match="report_to"):
-        TrainingArguments(report_to="tensorbored")
+        DSNetTrainingArguments(report_to="tensorbored")
     with pytest.raises(ValueError, match="optimizer"):
-        TrainingArguments(optimizer="lamb")
-    assert TrainingArguments(eval_steps="none").eval_steps is None
-    assert TrainingArguments(max_grad_norm=0).max_grad_norm is None
+        DSNetTrainingArguments(optimizer="lamb")
+    assert DSNetTrainingArguments(eval_steps="none").eval_steps is None
+    assert DSNetTrainingArguments(max_grad_norm=0).max_grad_norm is None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -551,7 +551,7 @@ import pathlib, sys, time
 from msaf_hf.training import cli, trainer
 
 started, release = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-original = trainer.Trainer.train
+original = trainer.DSNetTrainer.train
 
 def blocked(self, callbacks=()):
     def wait(state):
@@ -561,7 +561,7 @@ def blocked(self, callbacks=()):
                 time.sleep(0.05)
     return original(self, callbacks=[wait])
 
-trainer.Trainer.train = blocked
+trainer.DSNetTrainer.train = blocked
 cli.main(sys.argv[3:])
 """
 

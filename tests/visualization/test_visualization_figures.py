@@ -122,12 +122,12 @@ def test_evaluate_command_writes_figures_beside_the_json(tmp_path):
 @pytest.mark.slow
 def test_training_writes_figures_that_the_card_embeds_and_the_push_uploads(tmp_path, local_hub):
     from msaf_hf.data import DataArguments
-    from msaf_hf.training import ModelArguments, TrainingArguments, train
+    from msaf_hf.training import DSNetTrainingArguments, ModelArguments, train
 
     output = train(
         ModelArguments(config_overrides="base_channels=4,ohem_min_kept=64"),
         DataArguments(synthetic=True, synthetic_num_train=8, synthetic_num_eval=2, synthetic_image_size=[32, 32]),
-        TrainingArguments(
+        DSNetTrainingArguments(
             output_dir=str(tmp_path / "run"),
             max_steps=4,
             per_device_train_batch_size=2,

@@ -281,13 +281,14 @@ def test_script_runs_in_a_fresh_process(model_dir, tmp_path):
 
 
 def test_size_option_parsing():
-    from msaf_hf.visualization.inference import _target_size, parse_size
+    from msaf_hf.visualization.inference import _target_size, parse_image_size
 
-    assert parse_size("512x1024") == (512, 1024) and parse_size("360") == 360 and parse_size(None) is None
+    assert parse_image_size("512x1024") == (512, 1024) and parse_image_size("360") == 360
+    assert parse_image_size(None) is None
     assert _target_size((480, 360), 360) == (360, 480)  # PIL (width, height) in, (height, width) out
     assert _target_size((480, 360), (100, 200)) == (100, 200)
     height, width = _target_size((1000, 333), 100)
     assert height % 8 == 0 and width % 8 == 0 and abs(height - 100) <= 4 and abs(width - 100 * 1000 / 333) <= 4
     for bad in ("abc", "0x5", "1x2x3", "-4"):
         with pytest.raises(ValueError, match="size"):
-            parse_size(bad)
+            parse_image_size(bad)
