@@ -92,7 +92,7 @@ def test_encoder_only_checkpoint_gets_fresh_heads(tmp_path):
     encoder = {f"module.{k}": v for k, v in _tiny_state_dict().items() if not k.startswith(("lastlayer", "seghead"))}
     path = tmp_path / "imagenet.pth"
     torch.save({"state_dict": encoder}, path)
-    with pytest.raises(ValueError, match="pass --num-labels"):
+    with pytest.raises(ValueError, match="pass --num_labels"):
         convert_original_checkpoint(path)
     model, report = convert_original_checkpoint(path, num_labels=11)
     assert report.layout == "encoder-only" and model.config.num_labels == 11

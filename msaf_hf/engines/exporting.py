@@ -48,7 +48,8 @@ def _check_size(height: int, width: int) -> None:
         )
 
 
-def _deployed_copy(model: DSNetForSemanticSegmentation) -> DSNetForSemanticSegmentation:
+def deployed_copy(model: DSNetForSemanticSegmentation) -> DSNetForSemanticSegmentation:
+    """A float32, eval-mode, deploy-mode (BatchNorms folded), contiguous copy of ``model``: what is exported."""
     if not isinstance(model, DSNetForSemanticSegmentation):
         raise TypeError(f"export_to_engine needs a DSNetForSemanticSegmentation, got {type(model).__name__}.")
     model = copy.deepcopy(model).float().eval()
@@ -57,7 +58,9 @@ def _deployed_copy(model: DSNetForSemanticSegmentation) -> DSNetForSemanticSegme
     return model.to(memory_format=torch.contiguous_format)
 
 
-def _convert_openvino(model: torch.nn.Module, example: torch.Tensor, dynamic_spatial: bool):
+def convert_openvino(model: torch.nn.Module, example: torch.Tensor, dynamic_spatial: bool):
+    """The OpenVINO graph of ``model`` traced on ``example`` (batch always dynamic; height and width too with
+    ``dynamic_spatial``)."""
     ov = require("openvino")
     shape = ov.PartialShape([-1, example.shape[1], -1, -1] if dynamic_spatial else [-1, *example.shape[1:]])
     with torch.no_grad():
@@ -152,7 +155,7 @@ def export_to_engine(
         if not calibration_images:
             raise ValueError("The calibration set is empty: int8 needs at least one calibration image.")
     recipe = RECIPES[recipe] if isinstance(recipe, str) else (recipe or DEFAULT_RECIPE)
-    deployed = _deployed_copy(model)
+    deployed = deployed_copy(model)
     dynamic_spatial = engine == "openvino" or not has_context_pools(deployed)
     input_size = None if dynamic_spatial else (height, width)
     if input_size is not None and calibration_images:
@@ -171,7 +174,7 @@ def export_to_engine(
         quantization_record = None
         if engine == "openvino":
             ov = require("openvino")
-            graph = _convert_openvino(deployed, example, dynamic_spatial)
+            graph = convert_openvino(deployed, example, dynamic_spatial)
             if precision == "int8":
                 graph, quantization_record = quantize(graph, "openvino", calibration_images, recipe)
             ov.save_model(graph, str(staging / ENGINE_FILES["openvino"][0]), compress_to_fp16=False)
@@ -267,9 +270,7 @@ def compare_with_torch(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scripts/export.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a from_pretrained source: save_pretrained folder or Hub model id")
     parser.add_argument("output_dir", help="folder to write the engine files, config.json and preprocessor_config.json")
     parser.add_argument("--engine", choices=ENGINES, default="openvino")
