@@ -166,7 +166,7 @@ def test_hub_down_during_training_keeps_local_results(local_hub, tmp_path):
     )
     # Training and the local results are unaffected, but the command fails: the model did not reach the Hub.
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "final push to the Hub failed" in result.stderr and "push_to_hub.py" in result.stderr
+    assert "final push to the Hub failed" in result.stderr and "msaf-hf push" in result.stderr
     assert (output_dir / "final" / "model.safetensors").is_file()
     assert (output_dir / "final" / "config.json").is_file()
 

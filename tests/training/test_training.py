@@ -439,14 +439,15 @@ def test_tensorboard_logs_losses_lr_and_metrics(tmp_path):
 # --------------------------------------------------------------------------------------------------
 def _run_script(args: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *args], cwd=cwd, env=env,
+    # `msaf-hf train ...` as the README shows it (python -m msaf_hf: the same command without the installed script)
+    return subprocess.run([sys.executable, "-m", "msaf_hf", "train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
 def test_quickstart_command_short(tmp_path):
     """The README's command, shortened: trains, evaluates, saves, reloads and reports the reloaded mIoU."""
     result = _run_script(
-        ["--config", str(REPO_ROOT / "configuration" / "quickstart.yaml"), "--output_dir", "outputs/quickstart",
+        ["--config", "quickstart", "--output_dir", "outputs/quickstart",
          "--max_steps", "20", "--synthetic_num_train", "160", "--synthetic_num_eval", "8", "--eval_steps", "10",
          "--disable_tqdm"], tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -458,8 +459,8 @@ def test_quickstart_command_short(tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_command_full(tmp_path):
-    """`python scripts/train.py --config configuration/quickstart.yaml` as in the README (2-3 minutes)."""
-    result = _run_script(["--config", str(REPO_ROOT / "configuration" / "quickstart.yaml"), "--disable_tqdm"],
+    """`msaf-hf train --config quickstart` as in the README (2-3 minutes)."""
+    result = _run_script(["--config", "quickstart", "--disable_tqdm"],
                          tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     match = re.search(r"^quickstart mIoU: (\d\.\d{4}) \(reloaded from outputs/quickstart/final", result.stdout, re.M)
@@ -649,7 +650,7 @@ def test_a_failed_final_push_fails_the_command(tmp_path, monkeypatch, local_hub_
     message = str(exit_info.value.code)  # a message: the exit status is 1
     assert "final push to the Hub failed" in message and "503" in message
     retry = message.splitlines()[-1].strip()
-    assert retry.startswith("python ") and "push_to_hub.py" in retry and str(out / "final") in retry
+    assert retry.startswith("msaf-hf push ") and str(out / "final") in retry
     assert (out / "final" / "model.safetensors").is_file()  # the trained model stays on disk
 
     # The printed command pushes just the model once the Hub is back.
@@ -658,8 +659,8 @@ def test_a_failed_final_push_fails_the_command(tmp_path, monkeypatch, local_hub_
 
     words = shlex.split(retry)
     env = {**local_hub_client.client_env(token=token), "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run([sys.executable, *words[1:]], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-m", "msaf_hf", *words[1:]], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     from huggingface_hub import HfApi
 
