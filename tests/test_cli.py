@@ -44,8 +44,12 @@ def test_python_m_msaf_hf_lists_and_dispatches_the_subcommands(tmp_path):
     train_help = _run_module("train", "--help", cwd=tmp_path)  # the module form `accelerate launch -m` runs
     assert train_help.returncode == 0, train_help.stderr
     assert "usage: msaf-hf train" in train_help.stdout and "--list_configs" in train_help.stdout
-    unknown = _run_module("trian", cwd=tmp_path)
-    assert unknown.returncode == 2 and "unknown subcommand 'trian'" in unknown.stderr
+
+
+def test_an_unknown_subcommand_is_named(capsys):
+    assert commands.main(["trian"]) == 2
+    assert "unknown subcommand 'trian'" in capsys.readouterr().err
+    assert commands.main([]) == 2 and "usage: msaf-hf <subcommand>" in capsys.readouterr().out
 
 
 def test_the_console_script_is_declared():

@@ -62,6 +62,7 @@ def test_training_checkpoint_keeps_class_weights_and_drops_optimizer(tmp_path):
     assert model.config.id2label[0] == "road" and model.config.id2label[18] == "bicycle"  # Cityscapes names
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path):
     reference = require_reference()
     result = subprocess.run(
@@ -74,6 +75,7 @@ def test_command_line(tmp_path):
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_command_line_reports_errors(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "convert_original_checkpoint.py"),

@@ -142,6 +142,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_remote_code_loads_without_msaf_hf(saved_model, tmp_path):
     model, folder = saved_model
     x = torch.randn(1, 3, 40, 56)

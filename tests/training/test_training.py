@@ -186,6 +186,7 @@ def test_sampler_order_is_a_function_of_seed_and_epoch():
 # --------------------------------------------------------------------------------------------------
 # Training, exact resume and checkpoints
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     # 20 images / (2 per batch x 2 accumulation) = 5 steps per epoch; 8 steps cross an epoch boundary.
     # Checkpoints at steps 3 and 6 (mid-epoch: the resumed run must skip the consumed batches of epoch 1).
@@ -444,6 +445,7 @@ def _run_script(args: list[str], cwd: Path, timeout: int) -> subprocess.Complete
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_quickstart_command_short(tmp_path):
     """The README's command, shortened: trains, evaluates, saves, reloads and reports the reloaded mIoU."""
     result = _run_script(
@@ -469,6 +471,7 @@ def test_quickstart_command_full(tmp_path):
     assert not math.isnan(float(match.group(1)))
 
 
+@pytest.mark.slow
 def test_push_to_hub_during_and_after_training(tmp_path, monkeypatch, local_hub_client):
     from huggingface_hub import HfApi
 
@@ -616,6 +619,7 @@ def test_two_runs_on_one_folder_the_second_is_refused_and_a_killed_run_is_taken_
     assert "Resumed from" in resumed.stderr and (out / "final" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_quickstart_twice_in_one_folder(tmp_path, monkeypatch, caplog):
     """The quickstart recipe sets overwrite_output_dir: running it again replaces the earlier run and succeeds."""
     from msaf_hf.training import main
@@ -634,6 +638,7 @@ def test_quickstart_twice_in_one_folder(tmp_path, monkeypatch, caplog):
     assert [p.name for p in list_checkpoints(tmp_path / "outputs" / "quickstart")] == ["checkpoint-1", "checkpoint-2"]
 
 
+@pytest.mark.slow
 def test_a_failed_final_push_fails_the_command(tmp_path, monkeypatch, local_hub_client):
     token = local_hub_client.add_token("me")
     monkeypatch.setenv("HF_TOKEN", token)
