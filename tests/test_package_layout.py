@@ -145,7 +145,7 @@ def test_user_scripts_are_thin_wrappers_over_the_commands():
     """A user command's script calls the `msaf-hf` subcommand's `main`: one copy of the code, shipped in the wheel."""
     wrappers = {"train": "train", "evaluate": "evaluate", "export": "export", "predict": "predict",
                 "convert_original_checkpoint": "convert", "push_to_hub": "push", "demo": "demo",
-                "benchmark": "benchmark"}
+                "benchmark": "benchmark", "check_data": "check_data"}
     for script, command in wrappers.items():
         tree = ast.parse((REPO_ROOT / "scripts" / f"{script}.py").read_text(encoding="utf-8"))
         imports = [(n.module, [a.name for a in n.names]) for n in tree.body if isinstance(n, ast.ImportFrom)]

@@ -13,7 +13,9 @@ Sources (pick exactly one in :class:`DataArguments`):
 
 * ``dataset_name``: a Hub dataset id or a local folder laid out like a Hub dataset repository
   (e.g. parquet shards ``train-*.parquet``), read with ``datasets.load_dataset``;
-* ``image_dir`` + ``mask_dir``: a folder of images and a folder of label maps, matched by file stem;
+* ``image_dir`` + ``mask_dir``: a folder of images and a folder of label maps, matched by file stem (class-id or
+  palette PNGs, or colour masks with ``label_colors``: :mod:`.label_formats`);
+* ``coco_annotations`` + ``image_dir``: a COCO annotation file (polygons/RLE, :mod:`.coco`);
 * ``cityscapes_root``: the official Cityscapes layout, labelIds mapped to the 19 trainIds;
 * ``synthetic``: a generated, learnable toy set (:func:`make_synthetic_segmentation_dataset`).
 
@@ -37,8 +39,10 @@ Modules: :mod:`.arguments` (``DataArguments``), :mod:`.sources` (Hub, folder and
 
 from .arguments import DataArguments
 from .bad_examples import SKIP_REASONS, BadExampleError, DataStats, SkipStats
+from .class_weights import median_frequency_weights
 from .dataset import SegmentationDataset, collate_fn, make_dataloader
 from .images import to_rgb
+from .label_formats import ColorTable
 from .labels import (
     CITYSCAPES_ID2LABEL,
     CITYSCAPES_LABELID_TO_TRAINID,
@@ -57,6 +61,7 @@ __all__ = [
     "IGNORE_INDEX",
     "SKIP_REASONS",
     "BadExampleError",
+    "ColorTable",
     "DataArguments",
     "DataStats",
     "LabelMapper",
@@ -72,6 +77,7 @@ __all__ = [
     "load_segmentation_data",
     "make_dataloader",
     "make_synthetic_segmentation_dataset",
+    "median_frequency_weights",
     "synthetic_id2label",
     "to_rgb",
 ]

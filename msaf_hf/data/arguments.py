@@ -57,9 +57,16 @@ class DataArguments:
     eval_split_seed: int = field(
         default=42, metadata={"help": "Seed of the shuffle that picks the --eval_split_fraction examples."}
     )
-    image_column: str = field(default="image", metadata={"help": "Dataset column holding the images."})
-    label_column: str = field(
-        default="label", metadata={"help": "Dataset column holding the label maps (class ids per pixel)."}
+    image_column: str | None = field(
+        default=None,
+        metadata={"help": "Dataset column holding the images (default: found automatically: image, pixel_values...)."},
+    )
+    label_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset column holding the label maps (default: found automatically, e.g. label, annotation, "
+            "mask, semantic_segmentation, segmentation, seg_map)."
+        },
     )
     name_column: str | None = field(
         default=None,
@@ -77,6 +84,44 @@ class DataArguments:
     )
     eval_image_dir: str | None = field(default=None, metadata={"help": "Folder of evaluation images."})
     eval_mask_dir: str | None = field(default=None, metadata={"help": "Folder of evaluation label maps."})
+    # ---- label formats: colour masks, COCO annotations (see msaf_hf.data.label_formats / msaf_hf.data.coco)
+    label_colors: str | None = field(
+        default=None,
+        metadata={
+            "help": "Masks are colour-coded: a JSON file mapping class ids to colours ({\"0\": [r, g, b], ...} or "
+            "[{\"id\": 0, \"name\": \"sky\", \"color\": [r, g, b]}, ...]; names there name the classes; an id equal "
+            "to --ignore_index marks a colour that is not trained on), or 'model' for the label2color of the model "
+            "being fine-tuned. Palette PNGs need no table: their indices are the class ids (with --label_colors "
+            "they are read by their colours)."
+        },
+    )
+    unknown_colors_to_ignore: bool = field(
+        default=False,
+        metadata={
+            "help": "Map colours that are not in --label_colors to --ignore_index (counted and logged) instead of "
+            "treating the mask as a bad example."
+        },
+    )
+    coco_annotations: str | None = field(
+        default=None,
+        metadata={
+            "help": "COCO JSON of the training images (polygons or RLE; needs pycocotools) with --image_dir holding "
+            "the images (no --mask_dir). Categories in id order become class ids 0.. and the class names; pixels no "
+            "annotation covers get --ignore_index; where annotations overlap the smaller one wins (equal areas: "
+            "the later annotation id); iscrowd regions count as their category."
+        },
+    )
+    eval_coco_annotations: str | None = field(
+        default=None,
+        metadata={"help": "COCO JSON of the evaluation images (in --eval_image_dir, else --image_dir)."},
+    )
+    coco_background_class: str | None = field(
+        default=None,
+        metadata={
+            "help": "With COCO annotations: name a background class 0 for the pixels no annotation covers (the "
+            "categories then start at class 1) instead of ignoring them."
+        },
+    )
     # ---- source: Cityscapes
     cityscapes_root: str | None = field(
         default=None,
@@ -203,9 +248,10 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"DataArguments.{name} must be a positive integer (or unset), got {value!r}.")
-        if (self.image_dir is None) != (self.mask_dir is None):
+        self._check_label_formats()
+        if self.coco_annotations is None and (self.image_dir is None) != (self.mask_dir is None):
             raise ValueError("DataArguments: --image_dir and --mask_dir must be given together.")
-        if (self.eval_image_dir is None) != (self.eval_mask_dir is None):
+        if self.coco_annotations is None and (self.eval_image_dir is None) != (self.eval_mask_dir is None):
             raise ValueError("DataArguments: --eval_image_dir and --eval_mask_dir must be given together.")
         if self.eval_image_dir is not None and self.image_dir is None:
             raise ValueError("DataArguments: --eval_image_dir/--eval_mask_dir need --image_dir/--mask_dir.")
@@ -221,8 +267,33 @@ class DataArguments:
         if self.num_workers < 0:
             raise ValueError(f"DataArguments.num_workers must be >= 0, got {self.num_workers}.")
 
+    def _check_label_formats(self) -> None:
+        coco = self.coco_annotations is not None
+        if coco and (self.mask_dir is not None or self.eval_mask_dir is not None):
+            raise ValueError(
+                "DataArguments: --coco_annotations takes the labels from the JSON file: give --image_dir (and "
+                "--eval_image_dir) without --mask_dir/--eval_mask_dir."
+            )
+        if coco and self.image_dir is None:
+            raise ValueError("DataArguments: --coco_annotations needs --image_dir (the folder of its images).")
+        if not coco and (self.eval_coco_annotations is not None or self.coco_background_class is not None):
+            raise ValueError(
+                "DataArguments: --eval_coco_annotations/--coco_background_class need --coco_annotations."
+            )
+        if coco and self.eval_split_fraction is not None and self.eval_coco_annotations is not None:
+            raise ValueError(
+                "DataArguments: give either --eval_coco_annotations or --eval_split_fraction, not both."
+            )
+        if self.label_colors is not None and (coco or self.cityscapes_root is not None or self.synthetic):
+            raise ValueError(
+                "DataArguments: --label_colors applies to colour-coded masks of --dataset_name or --image_dir/"
+                "--mask_dir data, not to COCO annotations, Cityscapes or the synthetic set."
+            )
+        if self.unknown_colors_to_ignore and self.label_colors is None:
+            raise ValueError("DataArguments: --unknown_colors_to_ignore needs --label_colors.")
+
     def source_kind(self) -> str:
-        """Return which source is selected: 'hub', 'folder', 'cityscapes' or 'synthetic'.
+        """Return which source is selected: 'hub', 'folder', 'coco', 'cityscapes' or 'synthetic'.
 
         Raises ``ValueError`` unless exactly one source is given.
         """
@@ -230,7 +301,8 @@ class DataArguments:
             kind
             for kind, given in (
                 ("hub", self.dataset_name is not None),
-                ("folder", self.image_dir is not None),
+                ("folder", self.image_dir is not None and self.coco_annotations is None),
+                ("coco", self.coco_annotations is not None),
                 ("cityscapes", self.cityscapes_root is not None),
                 ("synthetic", bool(self.synthetic)),
             )
@@ -239,7 +311,7 @@ class DataArguments:
         if len(chosen) != 1:
             raise ValueError(
                 "DataArguments: choose exactly one data source: --dataset_name, --image_dir/--mask_dir, "
-                f"--cityscapes_root or --synthetic (got {chosen or 'none'})."
+                f"--coco_annotations/--image_dir, --cityscapes_root or --synthetic (got {chosen or 'none'})."
             )
         return chosen[0]
 

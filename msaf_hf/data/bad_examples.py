@@ -13,6 +13,7 @@ SKIP_REASONS: dict[int, str] = {
     3: "size_mismatch",
     4: "label_out_of_range",
     5: "bad_label_format",
+    6: "unknown_label_color",
 }
 _REASON_CODES = {name: code for code, name in SKIP_REASONS.items()}
 

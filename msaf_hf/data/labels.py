@@ -155,8 +155,8 @@ def label_to_array(value: Any) -> np.ndarray:
         if not (colour == colour[..., :1]).all():
             raise ExampleProblem(
                 "bad_label_format",
-                "the label is a colour image whose channels differ (a colour-coded mask?); labels must be "
-                "single-channel maps of class ids",
+                "the label is a colour image whose channels differ (a colour-coded mask? pass --label_colors "
+                "FILE.json mapping class ids to colours); labels must otherwise be single-channel maps of class ids",
             )
         array = array[..., 0]
     if array.ndim != 2:

@@ -12,7 +12,9 @@ import numpy as np
 
 from .arguments import DataArguments
 from .bad_examples import DataStats, ExampleProblem
+from .coco import CocoSource, coco_id2label, read_coco_file
 from .dataset import SegmentationDataset
+from .label_formats import ColorTable, find_columns
 from .labels import (
     CITYSCAPES_ID2LABEL,
     IGNORE_INDEX,
@@ -116,7 +118,12 @@ def _infer_num_labels(source: Any, indices: Sequence[int], mapper: LabelMapper, 
 
 
 def load_segmentation_data(
-    args: DataArguments, *, seed: int = 0, image_processor: Any = None
+    args: DataArguments,
+    *,
+    seed: int = 0,
+    image_processor: Any = None,
+    id2label: dict[int, str] | None = None,
+    color_table: ColorTable | None = None,
 ) -> SegmentationData:
     """Build the training and evaluation datasets described by ``args``.
 
@@ -125,14 +132,17 @@ def load_segmentation_data(
     Class names are resolved in this order: ``--id2label_file``; the source's own names (synthetic names, a
     ``ClassLabel`` feature in the label column, the Cityscapes table); an ``id2label.json`` in the local data folder
     (or at the root of the Hub dataset repository); finally, for small datasets only, generic names ``class_<i>``
-    with the count inferred from a label scan. Errors name the source/split at fault.
+    with the count inferred from a label scan. ``id2label`` given here wins over all of them (the model's label
+    set). ``color_table`` decodes colour masks (``--label_colors model``: training passes the model's table).
+    Errors name the source/split at fault.
     """
     kind = args.source_kind()
     if seed < 0:
         raise ValueError(f"load_segmentation_data: seed must be >= 0, got {seed}.")
     sources = _open_sources(args, kind)
+    _apply_label_format(args, sources, color_table)
     train_indices, eval_indices = _split_indices(args, sources)
-    id2label = _resolve_id2label(args, kind, sources, train_indices)
+    id2label = id2label if id2label is not None else _resolve_id2label(args, kind, sources, train_indices)
     _warn_about_sizes(args)
 
     mapper = LabelMapper(len(id2label), args.ignore_index, sources.void_labels, args.reduce_labels)
@@ -182,6 +192,8 @@ def _open_sources(args: DataArguments, kind: str) -> _Sources:
         return _hub_sources(args, kind)
     if kind == "folder":
         return _folder_sources(args)
+    if kind == "coco":
+        return _coco_sources(args)
     return _cityscapes_sources(args)
 
 
@@ -213,8 +225,9 @@ def _hub_sources(args: DataArguments, kind: str) -> _Sources:
 
     def split_source(requested: str, flag: str) -> HubSource:
         name = _pick_split(list(dsd), requested, flag, where)
-        source = HubSource(dsd[name], args.image_column, args.label_column, args.name_column,
-                           f"{where}, split '{name}'")
+        description = f"{where}, split '{name}'"
+        image_column, label_column = find_columns(dsd[name].features, args.image_column, args.label_column, description)
+        source = HubSource(dsd[name], image_column, label_column, args.name_column, description)
         if len(source) == 0:
             raise ValueError(f"Split '{name}' of {where} is empty.")
         return source
@@ -224,7 +237,7 @@ def _hub_sources(args: DataArguments, kind: str) -> _Sources:
     if args.eval_split is not None and args.eval_split_fraction is None:
         sources.eval = split_source(args.eval_split, "--eval_split")
     if sources.id2label is None:
-        class_label = find_class_label(sources.train.features[args.label_column])
+        class_label = find_class_label(sources.train.features[sources.train.label_column])
         if class_label is not None:
             sources.id2label = dict(enumerate(class_label.names))
     return sources
@@ -262,6 +275,51 @@ def _cityscapes_sources(args: DataArguments) -> _Sources:
             args.cityscapes_root, args.eval_split, args.ignore_index, args.skip_bad_examples
         )
     return sources
+
+
+# ---- label formats: COCO annotation files, colour masks
+
+
+def _coco_sources(args: DataArguments) -> _Sources:
+    train_data = read_coco_file(args.coco_annotations, "--coco_annotations")
+    train = CocoSource(args.coco_annotations, args.image_dir, "--coco_annotations", data=train_data,
+                       background=args.coco_background_class, ignore_index=args.ignore_index)
+    sources = _Sources(train.description, train, id2label=train.id2label, void_labels=tuple(args.void_labels))
+    if args.eval_coco_annotations is not None:
+        eval_data = read_coco_file(args.eval_coco_annotations, "--eval_coco_annotations")
+        background = args.coco_background_class
+        if coco_id2label(eval_data, background) != coco_id2label(train_data, background):
+            raise ValueError(
+                f"--eval_coco_annotations {args.eval_coco_annotations!r} has other categories (ids or names) than "
+                f"--coco_annotations {args.coco_annotations!r}; both files must list the same categories."
+            )
+        sources.eval = CocoSource(args.eval_coco_annotations, args.eval_image_dir or args.image_dir,
+                                  "--eval_coco_annotations", data=eval_data, background=args.coco_background_class,
+                                  ignore_index=args.ignore_index)
+    elif args.eval_split_fraction is None and args.eval_split is not None:
+        logger.info("COCO data without --eval_coco_annotations/--eval_split_fraction: no evaluation set.")
+    return sources
+
+
+def _apply_label_format(args: DataArguments, sources: _Sources, color_table: ColorTable | None) -> None:
+    """Colour masks: decode every label of both splits through the colour table (--label_colors)."""
+    if args.label_colors is None:
+        return
+    if color_table is None:
+        if args.label_colors.strip().lower() == "model":
+            raise ValueError(
+                "--label_colors model takes the colours of the model being fine-tuned: it works in training with "
+                "--model_name_or_path (a model whose config has label2color); elsewhere pass --label_colors FILE.json."
+            )
+        color_table = ColorTable.from_file(args.label_colors, ignore_index=args.ignore_index,
+                                           unknown_to_ignore=args.unknown_colors_to_ignore)
+    for source in (sources.train, sources.eval):
+        if source is not None:
+            source.label_decoder = color_table.decode
+    if sources.id2label is None and color_table.names is not None:
+        names = {i: color_table.names.get(i, f"class_{i}") for i in color_table.class_ids}
+        sources.id2label = names
+    logger.info("Colour masks: %d colours from %s.", len(color_table.keys), color_table.origin)
 
 
 def _split_indices(args: DataArguments, sources: _Sources) -> tuple[list[int], list[int] | None]:

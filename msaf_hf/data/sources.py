@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ class RawExample:
     image: PIL.Image.Image  # RGB
     label: np.ndarray  # int64 (H, W), source ids (Cityscapes: already trainIds)
     name: str | None
+    mode: str | None = None  # the image's PIL mode before conversion to RGB (reported by the dataset check)
 
 
 class HubSource:
@@ -68,6 +70,8 @@ class HubSource:
             if isinstance(feature, datasets.Image) and feature.decode:
                 dataset = dataset.cast_column(column, datasets.Image(decode=False))  # metadata-only change
         self.dataset = dataset
+        # Label value -> int64 class-id map; a ColorTable's decode for colour masks (see label_formats).
+        self.label_decoder: Callable[[Any], np.ndarray] = label_to_array
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -86,17 +90,18 @@ class HubSource:
     def load(self, index: int) -> RawExample:
         row, name = self._row(index)
         try:
-            image = to_rgb(open_image(row[self.image_column], "image"))
-            label = label_to_array(row[self.label_column])
+            decoded = open_image(row[self.image_column], "image")
+            image = to_rgb(decoded)
+            label = self.label_decoder(row[self.label_column])
         except ExampleProblem as problem:
             problem.name = name
             raise
-        return RawExample(image, label, name)
+        return RawExample(image, label, name, decoded.mode)
 
     def load_label(self, index: int) -> np.ndarray:
         row, name = self._row(index)
         try:
-            return label_to_array(row[self.label_column])
+            return self.label_decoder(row[self.label_column])
         except ExampleProblem as problem:
             problem.name = name
             raise
@@ -113,6 +118,7 @@ class PairSource:
         ignore_index: int = IGNORE_INDEX,
     ) -> None:
         self.pairs, self.description, self.lut, self.ignore_index = pairs, description, lut, ignore_index
+        self.label_decoder: Callable[[Any], np.ndarray] = label_to_array  # as HubSource.label_decoder
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -128,17 +134,18 @@ class PairSource:
     def load(self, index: int) -> RawExample:
         image_path, label_path = self.pairs[index]
         try:
-            image = to_rgb(open_image(image_path, "image"))
-            label = self._map(label_to_array(label_path))
+            decoded = open_image(image_path, "image")
+            image = to_rgb(decoded)
+            label = self._map(self.label_decoder(label_path))
         except ExampleProblem as problem:
             problem.name = image_path.name
             raise
-        return RawExample(image, label, image_path.name)
+        return RawExample(image, label, image_path.name, decoded.mode)
 
     def load_label(self, index: int) -> np.ndarray:
         image_path, label_path = self.pairs[index]
         try:
-            return self._map(label_to_array(label_path))
+            return self._map(self.label_decoder(label_path))
         except ExampleProblem as problem:
             problem.name = image_path.name
             raise

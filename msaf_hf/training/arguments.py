@@ -115,6 +115,14 @@ class TrainingArguments:
         },
     )
     seed: int = field(default=42, metadata={"help": "Seed of model initialisation, data order and augmentation."})
+    class_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "Per-class loss weights: 'auto' computes them from the training labels (median-frequency "
+            "balancing, clipped to [0.1, 10]; see msaf_hf.data.class_weights), or a JSON file with a list of one "
+            "weight per class. Recorded in the model's config.json and the model card."
+        },
+    )
     num_train_epochs: int = field(default=100, metadata={"help": "Training epochs (ignored when max_steps > 0)."})
     max_steps: int = field(
         default=-1, metadata={"help": "Total optimiser steps; overrides num_train_epochs when > 0."}

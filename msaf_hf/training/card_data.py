@@ -51,6 +51,10 @@ def card_hyperparameters(model_args: ModelArguments, data_args: DataArguments, a
         "hflip_probability": data_args.hflip_probability,
         "eval_size": data_args.eval_size or "native",
     }
+    if args.class_weights:  # the weights themselves are in config.json
+        values["class_weights"] = (
+            "auto: median-frequency balancing of the training labels (clipped to [0.1, 10])"
+            if str(args.class_weights).strip().lower() == "auto" else f"from {args.class_weights}")
     overrides = model_args.parsed_config_overrides()
     if overrides:
         values["config_overrides"] = json.dumps(overrides)

@@ -7,7 +7,16 @@ import os
 from typing import Any
 
 from ..configuration_dsnet import DSNetConfig
-from ..data import DataArguments, eval_image_processor
+from ..data import DataArguments, SegmentationData, eval_image_processor
+from ..data.class_weights import (
+    CLASS_WEIGHT_MAX,
+    CLASS_WEIGHT_MIN,
+    count_class_frequencies,
+    format_weights,
+    load_class_weights_file,
+    median_frequency_weights,
+)
+from ..data.label_formats import ColorTable, color_table_from_config
 from ..modeling_dsnet import DSNetForSemanticSegmentation
 from ..presets import load_preset
 from .arguments import ModelArguments
@@ -18,15 +27,23 @@ _ORIGINAL_CHECKPOINT_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar")
 
 
 def build_model(
-    model_args: ModelArguments, id2label: dict[int, str], ignore_index: int = 255
+    model_args: ModelArguments,
+    id2label: dict[int, str],
+    ignore_index: int = 255,
+    class_weights: list[float] | None = None,
 ) -> DSNetForSemanticSegmentation:
     """The model to train, with the dataset's label set.
 
     From scratch (``preset``), from a published-code checkpoint file, or with ``from_pretrained``. A pretrained
     model whose number of classes differs from the dataset's needs ``ignore_mismatched_sizes`` (its classifiers
     are re-initialised); with the same number of classes, the dataset's class names replace the model's.
+    ``class_weights`` (from ``--class_weights``) become the config's ``class_weights``.
     """
     overrides = model_args.parsed_config_overrides()
+    if class_weights is not None:
+        if "class_weights" in overrides:
+            raise ValueError("Give class weights either with --class_weights or in --config_overrides, not both.")
+        overrides["class_weights"] = list(class_weights)
     label_kwargs = {
         "id2label": {int(k): v for k, v in id2label.items()},
         "label2id": {v: int(k) for k, v in id2label.items()},
@@ -77,6 +94,43 @@ def build_model(
         **label_kwargs,
         **overrides,
     )
+
+
+def model_color_table(model_args: ModelArguments, data_args: DataArguments) -> ColorTable | None:
+    """The colour table of ``--label_colors model``: the ``label2color`` of the model being fine-tuned."""
+    if (data_args.label_colors or "").strip().lower() != "model":
+        return None
+    if model_args.model_name_or_path is None or os.path.isfile(model_args.model_name_or_path):
+        raise ValueError(
+            "--label_colors model needs --model_name_or_path to be a model folder or Hub id whose config has "
+            "label2color; pass --label_colors FILE.json otherwise."
+        )
+    config = DSNetConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.revision,
+                                         cache_dir=model_args.cache_dir)
+    return color_table_from_config(config, data_args.ignore_index, data_args.unknown_colors_to_ignore)
+
+
+def resolve_class_weights(
+    setting: str | None, data: SegmentationData, show_progress: bool = False
+) -> list[float] | None:
+    """``--class_weights``: None, 'auto' (median-frequency balancing of the training labels) or a JSON file."""
+    if setting is None or str(setting).strip().lower() in ("", "none"):
+        return None
+    if str(setting).strip().lower() != "auto":
+        weights = load_class_weights_file(setting, data.num_labels)
+        logger.info("Class weights from %s: %s", setting, format_weights(weights, data.id2label))
+        return weights
+    from tqdm.auto import tqdm
+
+    indices = tqdm(range(len(data.train)), desc="class frequencies", disable=not show_progress)
+    frequencies = count_class_frequencies(data.train, data.num_labels, indices)
+    weights = median_frequency_weights(frequencies, id2label=data.id2label)
+    logger.info(
+        "Class weights (--class_weights auto: median-frequency balancing of %d training label maps, clipped to "
+        "[%g, %g]; recorded in config.json): %s", len(data.train), CLASS_WEIGHT_MIN, CLASS_WEIGHT_MAX,
+        format_weights(weights, data.id2label),
+    )
+    return weights
 
 
 def check_num_labels(model_labels: int, data_labels: int, source: str, ignore_mismatched_sizes: bool) -> None:

@@ -37,7 +37,7 @@ from .accelerator import broadcast_buffers, create_accelerator, setup_logging
 from .arguments import ModelArguments, TrainingArguments
 from .card_data import card_hyperparameters, flat_hparams
 from .checkpointing import TrainerState, load_checkpoint, save_checkpoint, save_model_folder
-from .models import build_image_processor, build_model
+from .models import build_image_processor, build_model, model_color_table, resolve_class_weights
 from .optim import create_optimizer, create_scheduler
 from .pushing import HubPushError, make_pusher, push_command
 from .resume import (
@@ -145,7 +145,8 @@ class Trainer:
         accelerator, args = self.accelerator, self.args
         set_seed(args.seed)  # model initialisation; data order and augmentation have their own keyed generators
         with accelerator.main_process_first():  # the main process fills the datasets cache first
-            self.data: SegmentationData = load_segmentation_data(self.data_args, seed=args.seed)
+            self.data: SegmentationData = load_segmentation_data(
+                self.data_args, seed=args.seed, color_table=model_color_table(self.model_args, self.data_args))
         model = self._build_model()
         self.image_processor = build_image_processor(self.data_args, self.data.ignore_index)
         optimizer = create_optimizer(model, args)
@@ -185,7 +186,9 @@ class Trainer:
 
     def _build_model(self) -> torch.nn.Module:
         args = self.args
-        model = build_model(self.model_args, self.data.id2label, self.data.ignore_index)
+        class_weights = resolve_class_weights(args.class_weights, self.data,
+                                              not args.disable_tqdm and self.accelerator.is_local_main_process)
+        model = build_model(self.model_args, self.data.id2label, self.data.ignore_index, class_weights)
         use_sync_bn = args.sync_batchnorm == "true" or (
             args.sync_batchnorm == "auto" and self.accelerator.num_processes > 1
             and self.accelerator.device.type == "cuda"

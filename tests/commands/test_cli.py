@@ -17,7 +17,7 @@ from msaf_hf import commands
 from msaf_hf.presets import configuration_dir, find_accelerate_config, find_configuration_file, packaged_path
 from msaf_hf.recipes import load_recipe
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = ["train", "evaluate", "export", "predict", "convert", "push", "demo", "benchmark", "check-data"]
 # Left to the int8 rename (quantisation scheme): the one dashed-only flag that stays as it is for now.
 DASHED_ONLY = {"--int8-recipes"}
