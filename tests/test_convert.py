@@ -27,6 +27,7 @@ EXPECTED_LAYOUTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", PARITY_CASES)
 def test_every_layout_converts_to_a_loadable_folder(case, tmp_path):
     reference = require_reference()
@@ -161,6 +162,7 @@ def test_renaming_covers_the_published_state_dict():
         assert all(tuple(ours[k].shape) == shape for k, shape in renamed.items()), name
 
 
+@pytest.mark.slow
 def test_converted_training_checkpoint_from_pretrained_gives_the_published_training_loss(tmp_path, monkeypatch):
     """The class weights are a non-persistent buffer no checkpoint carries: from_pretrained must rebuild them.
     Memory the loader materialises is poisoned (NaN) so that a buffer left uninitialised fails every run."""

@@ -185,6 +185,7 @@ def test_config_with_deploy_mode_builds_a_fused_model(tiny_config):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_deployed_model_traces_as_one_graph(tiny_model):
     """Dynamo captures the whole deployed forward (no graph break) and AOT autograd handles its in-place ops."""
     deployed = tiny_model.to_deploy()
@@ -240,6 +241,7 @@ def _load_benchmark_script():
     return importlib.import_module("msaf_hf.commands.benchmark")
 
 
+@pytest.mark.slow
 def test_benchmark_script_reports_eval_and_deploy(tmp_path, capsys):
     module = _load_benchmark_script()
     output = tmp_path / "benchmark.json"
@@ -260,6 +262,7 @@ def test_benchmark_script_reports_eval_and_deploy(tmp_path, capsys):
     assert "float32 peak here" in table and "float32 can beat it by about" in table
 
 
+@pytest.mark.slow
 def test_benchmark_times_given_weights(tmp_path, tiny_model):
     module = _load_benchmark_script()
     tiny_model.save_pretrained(tmp_path / "weights")

@@ -24,6 +24,8 @@ from conftest import missing_input
 import msaf_hf  # noqa: F401  (registers DSNet with the Auto classes)
 from msaf_hf import DSNetConfig, DSNetForSemanticSegmentation, DSNetImageProcessor, DSNetModel
 
+pytestmark = pytest.mark.slow  # transformers' common suites: hundreds of checks (make test runs them; test-fast not)
+
 SUITES = Path(__file__).resolve().parents[1] / ".cache" / "transformers-tests" / transformers.__version__ / "tests"
 PACKAGE = "transformers_common_tests"
 

@@ -611,6 +611,7 @@ def test_synthetic_dataset_is_deterministic_and_well_formed():
         synthetic_id2label(9)
 
 
+@pytest.mark.slow
 def test_synthetic_through_load_segmentation_data_and_learnable_from_colour():
     data = load_segmentation_data(
         DataArguments(synthetic=True, synthetic_num_train=16, synthetic_num_eval=4, synthetic_image_size=[32, 32]),

@@ -174,6 +174,7 @@ def test_hub_down_during_training_keeps_local_results(local_hub, tmp_path):
     assert (output_dir / "final" / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_private_repo_is_refused_without_token(local_hub, tmp_path):
     import msaf_hf
     from msaf_hf.hub import push_folder_to_hub
@@ -220,6 +221,7 @@ def test_real_hub_round_trip(tmp_path):
         api.delete_repo(repo_id, missing_ok=True)
 
 
+@pytest.mark.slow
 def test_model_and_processor_push_to_hub(local_hub_client, tmp_path):
     import msaf_hf
 
