@@ -31,8 +31,10 @@ def check_field_types(arguments: Any, names: Iterable[str] | None = None) -> Non
     for f in dataclasses.fields(arguments):
         if names is not None and f.name not in names:
             continue
-        expected, optional = _scalar_type(f.type)
-        optional = optional or f.default is None  # (HfArgumentParser strips Optional[...] from the field types)
+        # HfArgumentParser replaces a field's type by the non-None member of `X | None`: read the declared
+        # annotation, so that a field that may be None (eval_split: 'none' -> None) is still known to allow it.
+        expected, optional = _scalar_type(_declared_annotation(type(arguments), f))
+        optional = optional or f.default is None
         value = getattr(arguments, f.name)
         if expected is None or (value is None and optional) or (f.name in _MAPPING_FIELDS and isinstance(value, dict)):
             continue
@@ -52,6 +54,16 @@ def check_field_types(arguments: Any, names: Iterable[str] | None = None) -> Non
             f"{type(arguments).__name__}.{f.name} must be {kind}{' (or None)' if optional else ''}, got {value!r} "
             f"({type(value).__name__})."
         )
+
+
+def _declared_annotation(cls: type, f: dataclasses.Field) -> Any:
+    """The annotation ``f`` was declared with (the class's ``__annotations__``, which ``HfArgumentParser`` leaves
+    alone), else its current ``type``."""
+    for klass in cls.__mro__:
+        annotation = vars(klass).get("__annotations__", {}).get(f.name)
+        if annotation is not None:
+            return annotation
+    return f.type
 
 
 def _scalar_type(annotation: Any) -> tuple[type | None, bool]:

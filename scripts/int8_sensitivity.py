@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from msaf_hf.data import DataArguments, load_segmentation_data
-from msaf_hf.engines.exporting import convert_openvino, deployed_copy
+from msaf_hf.data import DataArguments, load_split
+from msaf_hf.engines.exporting import convert_openvino, deployed_copy, load_image_processor
 from msaf_hf.engines.quantization import (
     RECIPES,
     QuantizationRecipe,
@@ -34,6 +34,7 @@ from msaf_hf.engines.quantization import (
     quantize,
 )
 from msaf_hf.evaluation.metrics import SegmentationConfusionMatrix
+from msaf_hf.image_processing_dsnet import DSNetImageProcessor
 from msaf_hf.modeling_dsnet import DSNetForSemanticSegmentation
 
 # The blocks of DSNet, as module-path patterns (relative to DSNetForSemanticSegmentation).
@@ -103,7 +104,7 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--void_labels", type=int, nargs="*", default=None)
-    parser.add_argument("--id2label_file", default=None, help="class names, for a dataset that does not name them")
+    parser.add_argument("--id2label_file", default=None, help="not needed (ignored): the model's classes are used")
     parser.add_argument("--eval_split", default="validation")
     parser.add_argument("--calibration_split", default="train")
     parser.add_argument("--calibration_samples", type=int, default=64)
@@ -121,22 +122,18 @@ def main() -> None:
 
     model = DSNetForSemanticSegmentation.from_pretrained(args.model).eval()
     size = tuple(args.eval_size) if args.eval_size else None
-    calibration = load_calibration_images(args.dataset, model.config, split=args.calibration_split,
-                                          num_samples=args.calibration_samples, size=size, void_labels=args.void_labels,
-                                          id2label_file=args.id2label_file)
-    options = dict(eval_split=args.eval_split, train_split=args.eval_split, num_workers=0,
-                   eval_size=list(size) if size else None, max_eval_samples=args.max_eval_samples)
+    # The checkpoint's preprocessing (its size unless --eval_size overrides it) for calibration and evaluation alike.
+    processor = load_image_processor(args.model) or DSNetImageProcessor()
+    if size is not None:
+        processor.do_resize, processor.size = True, {"height": size[0], "width": size[1]}
+    calibration = load_calibration_images(args.dataset, processor, split=args.calibration_split,
+                                          num_samples=args.calibration_samples)
+    options = dict(num_workers=0, max_eval_samples=args.max_eval_samples, void_labels=args.void_labels or [])
     options.update(synthetic=True, synthetic_num_labels=model.config.num_labels) if args.dataset == "synthetic" else \
         options.update(dataset_name=args.dataset)
-    if args.void_labels:
-        options["void_labels"] = args.void_labels
-    if args.id2label_file:
-        options["id2label_file"] = args.id2label_file
-    if args.dataset == "synthetic":
-        options.update(train_split="train")
-    data = load_segmentation_data(DataArguments(**options))
-    dataset = data.eval
-    dataset.num_labels = data.num_labels
+    dataset = load_split(DataArguments(**options), args.eval_split, "evaluation", id2label=model.config.id2label,
+                         image_processor=processor, split_flag="--eval_split")
+    dataset.num_labels = model.config.num_labels
     example = calibration[0]
     graph = convert_openvino(deployed_copy(model), example, dynamic_spatial=True)
     node_modules = openvino_node_modules(graph)

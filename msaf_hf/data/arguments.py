@@ -77,7 +77,11 @@ class DataArguments:
     )
     # ---- source: image / mask folders
     image_dir: str | None = field(
-        default=None, metadata={"help": "Folder of training images (matched to --mask_dir files by file stem)."}
+        default=None,
+        metadata={
+            "help": "Folder of training images (matched to --mask_dir files by file stem); without --mask_dir, "
+            "a folder of plain images (int8 calibration, prediction)."
+        },
     )
     mask_dir: str | None = field(
         default=None, metadata={"help": "Folder of training label maps (single-channel class ids, e.g. PNG)."}
@@ -214,10 +218,23 @@ class DataArguments:
         },
     )
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    # ---- streaming (msaf_hf.data.streaming)
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the training split of --dataset_name (a Hub dataset or a local parquet folder) instead "
+            "of downloading it first: sharded across processes, shuffled with a buffer, resumed exactly. The "
+            "evaluation split is read into memory (map-style)."
+        },
+    )
+    shuffle_buffer_size: int = field(
+        default=1000,
+        metadata={"help": "With --streaming: examples held in the shuffle buffer (larger: closer to a full shuffle)."},
+    )
 
     def __post_init__(self) -> None:
         # Normalise the 'no eval split' spellings once so the rest of the code checks for None only.
-        if self.eval_split is not None and self.eval_split.strip().lower() in _NO_EVAL_SPLIT:
+        if isinstance(self.eval_split, str) and self.eval_split.strip().lower() in _NO_EVAL_SPLIT:
             self.eval_split = None
         # YAML/JSON configs may give a single number where a list is expected (crop_size: 512).
         for name in ("void_labels", "crop_size", "eval_size", "synthetic_image_size"):
@@ -249,8 +266,8 @@ class DataArguments:
             if value is not None and value <= 0:
                 raise ValueError(f"DataArguments.{name} must be a positive integer (or unset), got {value!r}.")
         self._check_label_formats()
-        if self.coco_annotations is None and (self.image_dir is None) != (self.mask_dir is None):
-            raise ValueError("DataArguments: --image_dir and --mask_dir must be given together.")
+        if self.mask_dir is not None and self.image_dir is None:
+            raise ValueError("DataArguments: --mask_dir needs --image_dir (the images its label maps belong to).")
         if self.coco_annotations is None and (self.eval_image_dir is None) != (self.eval_mask_dir is None):
             raise ValueError("DataArguments: --eval_image_dir and --eval_mask_dir must be given together.")
         if self.eval_image_dir is not None and self.image_dir is None:
@@ -266,6 +283,27 @@ class DataArguments:
             )
         if self.num_workers < 0:
             raise ValueError(f"DataArguments.num_workers must be >= 0, got {self.num_workers}.")
+        if self.shuffle_buffer_size < 1:
+            raise ValueError(f"DataArguments.shuffle_buffer_size must be >= 1, got {self.shuffle_buffer_size}.")
+        if self.streaming:
+            self.check_streaming()
+
+    def check_streaming(self) -> None:
+        """``--streaming`` reads a dataset as a stream: refuse the sources and options that need random access."""
+        others = [flag for flag, given in (("--coco_annotations", self.coco_annotations is not None),
+                                           ("--image_dir", self.image_dir is not None),
+                                           ("--cityscapes_root", self.cityscapes_root is not None),
+                                           ("--synthetic", bool(self.synthetic))) if given]
+        if others:
+            raise ValueError(
+                f"DataArguments: --streaming reads --dataset_name (a Hub dataset or a local parquet folder); "
+                f"{others[0]} data is read from local files with random access: drop --streaming."
+            )
+        if self.eval_split_fraction is not None:
+            raise ValueError(
+                "DataArguments: --eval_split_fraction needs random access to the training split, which --streaming "
+                "does not have: use the dataset's evaluation split (--eval_split) or drop --streaming."
+            )
 
     def _check_label_formats(self) -> None:
         coco = self.coco_annotations is not None

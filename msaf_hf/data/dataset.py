@@ -17,6 +17,27 @@ from .transforms import Transform, example_rng
 logger = logging.getLogger(__name__)
 
 
+def checked_label(image: PIL.Image.Image, label: np.ndarray, label_mapper: LabelMapper) -> np.ndarray:
+    """Map a decoded label through ``label_mapper`` and validate it against its image; raises
+    :class:`ExampleProblem` (size mismatch, values out of range). Shared by the map-style and streaming datasets."""
+    width, height = image.size
+    if label.shape != (height, width):
+        raise ExampleProblem(
+            "size_mismatch",
+            f"image is {height}x{width} (HxW) but its label is {label.shape[0]}x{label.shape[1]}",
+        )
+    label = label_mapper.map(label)
+    bad = label_mapper.invalid_values(label)
+    if bad.size:
+        shown = ", ".join(str(v) for v in bad[:10].tolist()) + (" ..." if bad.size > 10 else "")
+        raise ExampleProblem(
+            "label_out_of_range",
+            f"label values [{shown}] are not class ids 0..{label_mapper.num_labels - 1} nor the ignore "
+            f"index {label_mapper.ignore_index} (void values can be mapped with --void_labels)",
+        )
+    return label
+
+
 class SegmentationDataset(torch.utils.data.Dataset):
     """A map-style dataset of ``{"pixel_values": float32 (3,H,W), "labels": int64 (H,W)}``.
 
@@ -32,6 +53,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     (used for evaluation) additionally sets the replacement's labels to ``ignore_index`` so that it
     adds nothing to the metrics.
     """
+
+    id2label: dict[int, str] | None = None  # the class names, set by the loaders
 
     def __init__(
         self,
@@ -85,21 +108,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         try:
             raw = self.source.load(source_index)
             name = raw.name
-            width, height = raw.image.size
-            if raw.label.shape != (height, width):
-                raise ExampleProblem(
-                    "size_mismatch",
-                    f"image is {height}x{width} (HxW) but its label is {raw.label.shape[0]}x{raw.label.shape[1]}",
-                )
-            label = self.label_mapper.map(raw.label)
-            bad = self.label_mapper.invalid_values(label)
-            if bad.size:
-                shown = ", ".join(str(v) for v in bad[:10].tolist()) + (" ..." if bad.size > 10 else "")
-                raise ExampleProblem(
-                    "label_out_of_range",
-                    f"label values [{shown}] are not class ids 0..{self.label_mapper.num_labels - 1} nor the ignore "
-                    f"index {self.label_mapper.ignore_index} (void values can be mapped with --void_labels)",
-                )
+            label = checked_label(raw.image, raw.label, self.label_mapper)
         except ExampleProblem as problem:
             raise BadExampleError.for_example(
                 self.split, index, source_index, problem.name or name, problem.reason, problem.detail

@@ -221,17 +221,30 @@ def _is_image_feature(feature: Any) -> bool:
 
 
 def find_columns(
-    features: Mapping[str, Any], image_column: str | None, label_column: str | None, where: str
-) -> tuple[str, str]:
+    features: Mapping[str, Any], image_column: str | None, label_column: str | None, where: str,
+    *, labels: bool = True,
+) -> tuple[str, str | None]:
     """The (image, label) columns of a Hub dataset split.
 
     Given columns win (a missing one is an error listing the columns). Otherwise the image column is the one
     candidate present (by name: ``image``, ``pixel_values``, ``img``, ...; else the one ``datasets.Image`` feature
     that is not a label candidate) and likewise the label column (``label``, ``annotation``, ``mask``,
     ``semantic_segmentation``, ``segmentation``, ``seg_map``, ...). More than one fitting column is an error listing
-    them and the flag to pass.
+    them and the flag to pass. With ``labels=False`` (images only: calibration, prediction) a label column that is
+    absent or ambiguous is ``None`` instead of an error.
     """
     columns = list(features)
+    if not labels:
+        if label_column is not None and label_column not in columns:
+            label_column = None
+        if label_column is None:
+            try:
+                return find_columns(features, image_column, None, where)
+            except ValueError:
+                labelled = [c for c in columns if c.lower() in LABEL_COLUMN_CANDIDATES]
+                if image_column is None:
+                    image_column = _pick_image_column(features, columns, set(labelled), where)
+                return image_column, None
     for flag, column in (("--image_column", image_column), ("--label_column", label_column)):
         if column is not None and column not in columns:
             raise ValueError(f"{where}: column '{column}' not found (columns: {columns}); pass {flag} <column>.")
@@ -259,3 +272,15 @@ def find_columns(
     if image == label:
         raise ValueError(f"{where}: --image_column and --label_column are both '{image}'.")
     return image, label
+
+
+def _pick_image_column(features: Mapping[str, Any], columns: list[str], taken: set[str], where: str) -> str:
+    """The one image column of a split without (or with an ambiguous) label column."""
+    found = [c for c in columns if c.lower() in IMAGE_COLUMN_CANDIDATES and c not in taken]
+    if not found:
+        found = [c for c in columns if _is_image_feature(features[c]) and c not in taken]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ValueError(f"{where}: no image column found among {columns}; pass --image_column <column>.")
+    raise ValueError(f"{where}: several columns could hold the images: {found}; pass --image_column <one of them>.")

@@ -78,6 +78,10 @@ class HubSource:
 
     def _row(self, index: int) -> tuple[dict[str, Any], str | None]:
         row = self.dataset[index]
+        return row, self.row_name(row)
+
+    def row_name(self, row: dict[str, Any]) -> str | None:
+        """The name of a row in messages: its name column, else its image file's name."""
         name = row.get(self.name_column) if self.name_column else None
         if name is None:
             value = row[self.image_column]
@@ -85,10 +89,13 @@ class HubSource:
                 name = os.path.basename(value["path"])
             elif isinstance(value, (str, os.PathLike)):
                 name = os.path.basename(value)
-        return row, (str(name) if name is not None else None)
+        return str(name) if name is not None else None
 
     def load(self, index: int) -> RawExample:
-        row, name = self._row(index)
+        return self.decode_row(*self._row(index))
+
+    def decode_row(self, row: dict[str, Any], name: str | None) -> RawExample:
+        """Decode one row of this source (read by index, or from a stream: ``msaf_hf.data.streaming``)."""
         try:
             decoded = open_image(row[self.image_column], "image")
             image = to_rgb(decoded)

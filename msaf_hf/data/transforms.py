@@ -119,6 +119,18 @@ class SegmentationTrainTransform:
         return self.normalize(pixels), torch.from_numpy(np.require(label, np.int64, ["C", "W"]))
 
 
+def normalization_from_processor(image_processor: Any) -> tuple[list[float], list[float]]:
+    """The (mean, std) that, applied to RGB / 255 as :class:`SegmentationTrainTransform` does, give the same values
+    as ``image_processor`` (its rescale factor folded in), so training inputs are normalised as the saved processor
+    normalises evaluation and inference inputs."""
+    scale = float(image_processor.rescale_factor) * 255.0 if image_processor.do_rescale else 255.0
+    if not image_processor.do_normalize:
+        return [0.0, 0.0, 0.0], [1.0 / scale] * 3
+    mean, std = (list(v) if isinstance(v, (list, tuple)) else [float(v)] * 3
+                 for v in (image_processor.image_mean, image_processor.image_std))
+    return [float(m) / scale for m in mean], [float(s) / scale for s in std]
+
+
 def eval_image_processor(
     eval_size: Sequence[int] | None = None, ignore_index: int = IGNORE_INDEX, reduce_labels: bool = False
 ) -> Any:

@@ -1,8 +1,10 @@
 """Deploy DSNet on CPU inference engines: OpenVINO and ONNX Runtime, in float32 or int8.
 
-    from msaf_hf.engines import export_to_engine, load_segmenter
+    from transformers import AutoImageProcessor
+    from msaf_hf.engines import export_to_engine, load_calibration_images, load_segmenter
+    processor = AutoImageProcessor.from_pretrained("outputs/camvid/final")  # the checkpoint's preprocessing
     export_to_engine("outputs/camvid/final", "camvid-openvino-int8", engine="openvino", precision="int8",
-                     calibration_images=load_calibration_images("../shared/data/camvid", config, void_labels=[11]))
+                     calibration_images=load_calibration_images("photos/", processor))  # a folder of plain images
     model = load_segmenter("camvid-openvino-int8")        # OpenVINOSegmenter: SemanticSegmenterOutput logits
 
 Needs the extras: `pip install 'msaf_hf[openvino]'` (OpenVINO and NNCF) and/or `pip install 'msaf_hf[onnxruntime]'`.

@@ -1,7 +1,8 @@
 """Export DSNet to an inference engine folder: OpenVINO or ONNX Runtime, float32 or int8.
 
     python scripts/export.py MODEL OUTPUT_DIR --engine {openvino,onnxruntime} --precision {fp32,int8}
-        [--height H --width W] [--calibration_dataset NAME_OR_FOLDER --calibration_split S --calibration_samples N]
+        [--height H --width W] [--calibration_dataset NAME_OR_IMAGE_FOLDER --calibration_split S
+         --calibration_samples N]
 
 The model is exported in its deploy form (`to_deploy()`: BatchNorms folded, auxiliary heads dropped) as a
 `pixel_values -> logits` graph with a free batch size. OpenVINO converts it from PyTorch directly, which keeps the
@@ -145,7 +146,7 @@ def export_to_engine(
         source = str(model)
         model = DSNetForSemanticSegmentation.from_pretrained(source)
         if image_processor is None:
-            image_processor = _load_image_processor(source)
+            image_processor = load_image_processor(source)
     if precision == "int8":
         if calibration_images is None:
             raise ValueError("int8 export needs calibration images (--calibration_dataset).")
@@ -209,7 +210,8 @@ def export_to_engine(
     return output_dir
 
 
-def _load_image_processor(source: str) -> Any:
+def load_image_processor(source: str) -> Any:
+    """The image processor saved with a checkpoint (folder or Hub id), or None when it has none."""
     from transformers import AutoImageProcessor
 
     try:
@@ -278,18 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, default=512, help="example height (fixed input height for ONNX Runtime)")
     parser.add_argument("--width", type=int, default=1024, help="example width (fixed input width for ONNX Runtime)")
     parser.add_argument("--calibration_dataset", default=None,
-                        help="int8: a Hub dataset id, a local Hub-style dataset folder, or 'synthetic' (the package's "
-                             "generated shapes set, as in configuration/quickstart.yaml)")
-    parser.add_argument("--calibration_split", default="train", help="split of the calibration images")
+                        help="int8: a folder of plain images (no labels needed), a Hub dataset id or a local Hub-style "
+                             "dataset folder (its label column is not read), or 'synthetic' (the package's generated "
+                             "shapes set, as in configuration/quickstart.yaml); prepared by the checkpoint's image "
+                             "processor")
+    parser.add_argument("--calibration_split", default="train",
+                        help="split of the calibration images (a folder of plain images is one split)")
     parser.add_argument("--calibration_samples", type=int, default=300, help="calibration images (NNCF subset size)")
     parser.add_argument("--calibration_size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="resize calibration images to H W (default: native size for OpenVINO, the export size "
                              "for a fixed-size engine)")
+    # Accepted so that commands written for earlier versions still run; calibration reads images only.
     parser.add_argument("--void_labels", type=int, nargs="*", default=None,
-                        help="label values that are void (e.g. 11 for CamVid), as in the training recipe")
+                        help="not needed: calibration reads no labels (accepted and ignored, with a warning)")
     parser.add_argument("--id2label_file", default=None,
-                        help="class names of a calibration dataset that does not name them (e.g. camvid_id2label.json; "
-                             "packaged names are found too), as in the training recipe")
+                        help="not needed: calibration reads no class names (accepted and ignored, with a warning)")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE.name,
                         help=f"int8 recipe (default {DEFAULT_RECIPE.name!r}: keeps accuracy; see docs/int8.md)")
     parser.add_argument("--no_check", action="store_true", help="skip the parity check against PyTorch")
@@ -300,22 +305,28 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     model = DSNetForSemanticSegmentation.from_pretrained(args.model)
+    image_processor = load_image_processor(args.model)  # the checkpoint's: calibration and the export use it
     calibration = None
     if args.precision == "int8":
         if args.calibration_dataset is None:
             raise SystemExit(
                 "--precision int8 needs --calibration_dataset (a Hub id, a dataset folder or 'synthetic')."
             )
+        for flag, value in (("--void_labels", args.void_labels), ("--id2label_file", args.id2label_file)):
+            if value is not None:
+                logger.warning("%s is not needed: int8 calibration reads images only; ignoring it.", flag)
         fixed = args.engine == "onnxruntime" and has_context_pools(model)
         size = tuple(args.calibration_size) if args.calibration_size else ((args.height, args.width) if fixed else None)
+        if image_processor is None:
+            logger.warning("%s has no preprocessor_config.json: calibrating with DSNet's default preprocessing "
+                           "(ImageNet normalisation).", args.model)
         calibration = load_calibration_images(
-            args.calibration_dataset, model.config, split=args.calibration_split, num_samples=args.calibration_samples,
-            size=size, void_labels=args.void_labels, id2label_file=args.id2label_file,
+            args.calibration_dataset, image_processor, split=args.calibration_split,
+            num_samples=args.calibration_samples, size=size,
         )
     output = export_to_engine(
         model, args.output_dir, engine=args.engine, precision=args.precision, height=args.height, width=args.width,
-        calibration_images=calibration, recipe=args.recipe, image_processor=_load_image_processor(args.model),
-        check=not args.no_check,
+        calibration_images=calibration, recipe=args.recipe, image_processor=image_processor, check=not args.no_check,
     )
     spec = json.loads((output / "config.json").read_text("utf-8"))[ENGINE_CONFIG_KEY]
     size = "any size" if spec["input_size"] is None else "x".join(map(str, spec["input_size"]))

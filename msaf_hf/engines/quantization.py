@@ -11,6 +11,8 @@ scripts/int8_sensitivity.py).
 from __future__ import annotations
 
 import ast
+import copy
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -174,51 +176,39 @@ def quantize(
 
 
 def load_calibration_images(
-    dataset: str,
-    config: Any,
+    dataset: str | os.PathLike,
+    image_processor: Any = None,
     split: str = "train",
     num_samples: int = 300,
     size: tuple[int, int] | None = None,
-    void_labels: Sequence[int] | None = None,
-    seed: int = 0,
-    id2label_file: str | None = None,
 ) -> list[torch.Tensor]:
-    """Up to `num_samples` normalised `(1, 3, H, W)` images of a dataset split, as the evaluation transform makes
-    them (ImageNet normalisation; resized to `size` if given), spread evenly over the split.
+    """Up to `num_samples` `(1, 3, H, W)` calibration inputs from a split, spread evenly over it, prepared exactly as
+    the model's inputs are: by `image_processor`, the checkpoint's `DSNetImageProcessor` (its size and
+    normalisation; default: DSNet's, ImageNet normalisation at native size). `size` (height, width) resizes them.
 
-    `dataset` is a Hub dataset id, a local Hub-style folder, or `synthetic` (the package's generated shapes set,
-    the quickstart's data). The dataset's classes must be the model's (`config.num_labels`): a calibration set
-    from another label space is an error, as is an empty one. `void_labels` and `id2label_file` (the class names
-    of a dataset that does not name them, e.g. `camvid_id2label.json`) as in training."""
-    from ..data import DataArguments, load_segmentation_data
+    `dataset`: a folder of plain images (searched recursively; no labels needed), a Hub dataset id or a local
+    Hub-style folder (its image column is read, any label column ignored), or `synthetic` (the package's generated
+    shapes set, the quickstart's data). Only images are read (`msaf_hf.data.load_split`, purpose "calibration"):
+    int8 calibration needs neither labels nor class names. A folder of plain images is one split, whatever `split`
+    says."""
+    from ..data import DataArguments, data_arguments_for, load_split
+    from ..image_processing_dsnet import DSNetImageProcessor
 
     if num_samples < 1:
         raise ValueError(f"--calibration_samples must be at least 1, got {num_samples}.")
-    options: dict[str, Any] = {"eval_split": split, "train_split": split, "num_workers": 0}
-    if dataset == "synthetic":
-        options.update(synthetic=True, synthetic_num_labels=config.num_labels, synthetic_num_train=max(num_samples, 1),
-                       synthetic_num_eval=max(num_samples, 1), eval_split="validation", train_split="train")
-        if split not in ("train", "validation"):
-            raise ValueError(f"The synthetic calibration set has splits 'train' and 'validation', not {split!r}.")
-        options["eval_split"] = split
-    else:
-        options["dataset_name"] = dataset
-    if void_labels:
-        options["void_labels"] = list(void_labels)
-    if id2label_file:
-        options["id2label_file"] = str(id2label_file)
-    if size is not None:
-        options["eval_size"] = [int(size[0]), int(size[1])]
-    data = load_segmentation_data(DataArguments(**options), seed=seed)
-    images = data.eval if data.eval is not None else data.train
-    if images is None or len(images) == 0:
-        raise ValueError(f"The calibration set ({dataset!r}, split {split!r}) is empty: int8 needs calibration images.")
-    if data.num_labels != config.num_labels:
-        raise ValueError(
-            f"The calibration set {dataset!r} has {data.num_labels} classes but the model predicts "
-            f"{config.num_labels}: calibrate on data of the model's own label set (and pass --void_labels as in its "
-            "training recipe, e.g. 11 for CamVid)."
+    if image_processor is not None and not callable(image_processor):
+        raise TypeError(
+            f"load_calibration_images: image_processor must be the checkpoint's image processor, got "
+            f"{type(image_processor).__name__}."
         )
+    if os.fspath(dataset) == "synthetic":
+        source = DataArguments(synthetic=True, synthetic_num_train=num_samples, synthetic_num_eval=num_samples)
+    else:
+        source = data_arguments_for(dataset)
+    processor = copy.deepcopy(image_processor) if image_processor is not None else DSNetImageProcessor()
+    if size is not None:
+        processor.do_resize, processor.size = True, {"height": int(size[0]), "width": int(size[1])}
+    images = load_split(source, split, "calibration", image_processor=processor, split_flag="--calibration_split")
     count = min(num_samples, len(images))
     indices = torch.linspace(0, len(images) - 1, count).round().long().unique().tolist()
     return [images[i]["pixel_values"].unsqueeze(0).float() for i in indices]

@@ -4,16 +4,14 @@ The model comes from ``--model_name_or_path`` (a ``save_pretrained`` folder or a
 preprocessing it was saved with (``preprocessor_config.json``: size, normalisation) unless ``--eval_size`` overrides
 it; the data from ``DataArguments`` (a training recipe may be reused with ``--config``: its training-only keys are
 ignored). The steps are separate functions so that other model kinds can reuse them: :func:`load_evaluation_model`,
-:func:`evaluation_image_processor`, :func:`evaluation_data_args`, :func:`write_evaluation_results`.
+:func:`evaluation_image_processor`, :func:`load_evaluation_data`, :func:`write_evaluation_results`. The data is
+read with ``msaf_hf.data.load_split`` (purpose ``"evaluation"``) with the model's classes and the checkpoint's image
+processor given directly: nothing is written to disk.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..data import DataArguments, load_segmentation_data
+from ..data import DataArguments, SegmentationDataset, color_table_from_config, load_id2label_file, load_split
 from ..image_processing_dsnet import DSNetImageProcessor
 from ..recipes import parse_command_line
 from .evaluator import accelerator_available, evaluate, format_results_table, results_to_json
@@ -31,8 +29,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "EvaluationArguments",
-    "evaluation_data_args",
     "evaluation_image_processor",
+    "evaluation_split",
+    "load_evaluation_data",
     "load_evaluation_model",
     "main",
     "write_evaluation_results",
@@ -85,25 +84,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     model = load_evaluation_model(eval_args, accelerator)
     image_processor, preprocessing = evaluation_image_processor(eval_args, data_args)
-    data_args, names_file = evaluation_data_args(data_args, model.config.id2label)
-    try:
-        with accelerator.main_process_first():
-            data = load_segmentation_data(data_args, image_processor=image_processor)
-    finally:
-        if names_file is not None:
-            os.unlink(names_file)
-    if data.eval is None:
-        raise ValueError("scripts/evaluate.py: no evaluation data; pass --eval_split <split> (or --eval_image_dir).")
-    if data.num_labels != model.config.num_labels:
-        raise ValueError(
-            f"The dataset has {data.num_labels} classes but {eval_args.model_name_or_path!r} predicts "
-            f"{model.config.num_labels}; pass --id2label_file with the model's classes or check --void_labels."
-        )
+    with accelerator.main_process_first():
+        dataset = load_evaluation_data(data_args, model.config.id2label, image_processor, model_config=model.config)
     result = evaluate(
-        model, data.eval, accelerator=accelerator, batch_size=eval_args.per_device_eval_batch_size,
+        model, dataset, accelerator=accelerator, batch_size=eval_args.per_device_eval_batch_size,
         num_workers=data_args.num_workers, flip=eval_args.flip, scales=eval_args.scales,
         channels_last=eval_args.channels_last, id2label={int(k): v for k, v in model.config.id2label.items()},
-        ignore_index=data.ignore_index,
+        ignore_index=data_args.ignore_index,
     )
     payload = results_to_json(
         result,
@@ -164,17 +151,38 @@ def evaluation_image_processor(eval_args: EvaluationArguments, data_args: DataAr
     return processor, size
 
 
-def evaluation_data_args(data_args: DataArguments, model_id2label: dict[Any, str]) -> tuple[DataArguments, str | None]:
-    """Only the evaluation split is needed: read the training side from it too, and name the classes as the model
-    does unless --id2label_file says otherwise (the model's class ids are what its logits mean). Returns the
-    arguments and the temporary class-name file written for that (to delete after loading), if any."""
-    updates: dict[str, Any] = {}
-    names_file = None
-    if data_args.eval_split is not None and data_args.eval_split_fraction is None and data_args.image_dir is None:
-        updates["train_split"] = data_args.eval_split
-    if data_args.id2label_file is None:
-        handle = tempfile.NamedTemporaryFile("w", suffix="_id2label.json", delete=False, encoding="utf-8")
-        with handle:
-            json.dump({str(k): v for k, v in model_id2label.items()}, handle)
-        updates["id2label_file"] = names_file = handle.name
-    return (dataclasses.replace(data_args, **updates) if updates else data_args), names_file
+def evaluation_split(data_args: DataArguments) -> str:
+    """The split to evaluate: ``--eval_split`` (with ``--eval_split_fraction``, the part of the training split it
+    carves out; with ``--eval_image_dir``, that folder). ``--eval_split none`` is an error: there is nothing to
+    evaluate."""
+    if data_args.eval_split is not None:
+        return data_args.eval_split
+    if data_args.eval_split_fraction is not None or data_args.eval_image_dir is not None:
+        return "validation"
+    raise ValueError(
+        "scripts/evaluate.py: no evaluation data (--eval_split none); pass --eval_split <split> (or --eval_image_dir/"
+        "--eval_mask_dir, or --eval_split_fraction)."
+    )
+
+
+def load_evaluation_data(
+    data_args: DataArguments, model_id2label: dict[Any, str], image_processor: Any = None, model_config: Any = None
+) -> SegmentationDataset:
+    """The evaluation split (:func:`evaluation_split`) labelled with the model's classes (what its logits mean) and
+    prepared by ``image_processor`` (the checkpoint's; ``None``: the processor of ``--eval_size``). Colour masks
+    with ``--label_colors model`` are decoded with ``model_config``'s ``label2color``.
+
+    A ``--id2label_file`` (e.g. from a reused training recipe) must name as many classes as the model predicts."""
+    id2label = {int(k): str(v) for k, v in model_id2label.items()}
+    if data_args.id2label_file is not None:
+        named = load_id2label_file(data_args.id2label_file)
+        if len(named) != len(id2label):
+            raise ValueError(
+                f"--id2label_file {data_args.id2label_file!r} names {len(named)} classes but the model predicts "
+                f"{len(id2label)}; pass the model's classes (or leave --id2label_file out: the model's are used)."
+            )
+    color_table = None
+    if (data_args.label_colors or "").strip().lower() == "model" and model_config is not None:
+        color_table = color_table_from_config(model_config, data_args.ignore_index, data_args.unknown_colors_to_ignore)
+    return load_split(data_args, evaluation_split(data_args), "evaluation", id2label=id2label,
+                      image_processor=image_processor, split_flag="--eval_split", color_table=color_table)

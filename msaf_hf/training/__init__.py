@@ -14,7 +14,8 @@ Modules: :mod:`.arguments` (the argument dataclasses), :mod:`.models` (the model
 (optimiser, schedule), :mod:`.sampler` (data order), :mod:`.checkpointing` (``TrainerState``, checkpoint I/O),
 :mod:`.run_folder` (the output-folder lock, run ids), :mod:`.resume` (claiming the folder, checked resume),
 :mod:`.accelerator` (Accelerator, trackers), :mod:`.card_data` (hyperparameters for the card), :mod:`.pushing`
-(Hub pushes), :mod:`.trainer` (the loop: :class:`~msaf_hf.training.trainer.Trainer`) and :mod:`.cli` (:func:`main`).
+(Hub pushes), :mod:`.streaming_state` (``--streaming``: the stream's loader, its positions in checkpoints),
+:mod:`.trainer` (the loop: :class:`~msaf_hf.training.trainer.Trainer`) and :mod:`.cli` (:func:`main`).
 Names are imported on first use.
 
 What :func:`train` guarantees:

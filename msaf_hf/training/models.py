@@ -120,6 +120,14 @@ def resolve_class_weights(
         weights = load_class_weights_file(setting, data.num_labels)
         logger.info("Class weights from %s: %s", setting, format_weights(weights, data.id2label))
         return weights
+    from ..data import StreamingSegmentationDataset
+
+    if isinstance(data.train, StreamingSegmentationDataset):
+        raise ValueError(
+            "--class_weights auto counts the labels of the whole training split, which --streaming does not read up "
+            "front: take the weights scripts/check_data.py suggests for this data and pass them with --class_weights "
+            "FILE.json."
+        )
     from tqdm.auto import tqdm
 
     indices = tqdm(range(len(data.train)), desc="class frequencies", disable=not show_progress)

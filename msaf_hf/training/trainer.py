@@ -48,6 +48,7 @@ from .resume import (
     resumed_state,
 )
 from .sampler import EpochShuffleSampler
+from .streaming_state import is_streaming, streaming_loader
 
 logger = logging.getLogger(__name__)
 
@@ -144,19 +145,27 @@ class Trainer:
 
         accelerator, args = self.accelerator, self.args
         set_seed(args.seed)  # model initialisation; data order and augmentation have their own keyed generators
+        # The processor saved with the checkpoints: evaluation runs it, and the augmentation takes its mean and std.
+        self.image_processor = build_image_processor(self.data_args, self.data_args.ignore_index)
         with accelerator.main_process_first():  # the main process fills the datasets cache first
             self.data: SegmentationData = load_segmentation_data(
-                self.data_args, seed=args.seed, color_table=model_color_table(self.model_args, self.data_args))
+                self.data_args, seed=args.seed, image_processor=self.image_processor,
+                color_table=model_color_table(self.model_args, self.data_args),
+            )
         model = self._build_model()
-        self.image_processor = build_image_processor(self.data_args, self.data.ignore_index)
         optimizer = create_optimizer(model, args)
         self.steps_per_epoch, used_per_epoch, self.max_steps, _ = plan_steps(
             len(self.data.train), args, accelerator.num_processes
         )
         scheduler = create_scheduler(optimizer, args, self.max_steps)
-        self.model, self.optimizer, self.train_loader, self.scheduler = accelerator.prepare(
-            model, optimizer, self._train_loader(used_per_epoch), scheduler
-        )
+        if is_streaming(self.data.train):  # each process reads its own share: not re-split by prepare
+            self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+            self.train_loader = streaming_loader(self.data.train, accelerator, args.per_device_train_batch_size,
+                                                 self.batches_per_epoch, self.data_args.num_workers)
+        else:
+            self.model, self.optimizer, self.train_loader, self.scheduler = accelerator.prepare(
+                model, optimizer, self._train_loader(used_per_epoch), scheduler
+            )
         self.state = TrainerState(
             num_processes=accelerator.num_processes, per_device_train_batch_size=args.per_device_train_batch_size,
             gradient_accumulation_steps=args.gradient_accumulation_steps, seed=args.seed, max_steps=self.max_steps,
@@ -260,7 +269,8 @@ class Trainer:
                 self.data.train.set_epoch(state.epoch)  # augmentation key (in shared memory: workers see it)
                 self.train_loader.set_epoch(state.epoch)  # data order: reaches EpochShuffleSampler through Accelerate
                 loader = self.train_loader
-                if state.batches_in_epoch > 0:  # resumed mid-epoch: the same order, without what was consumed
+                if state.batches_in_epoch > 0 and not is_streaming(self.data.train):  # (a stream resumes itself)
+                    # resumed mid-epoch: the same order, without what was consumed
                     loader = accelerator.skip_first_batches(self.train_loader, state.batches_in_epoch)
                 for batch in loader:
                     if args.channels_last:

@@ -6,6 +6,10 @@ and, with ``--fusion_maps``, ``NAME_fusion1.jpg`` .. ``NAME_fusion3.jpg`` (MSAF'
 For each video: ``NAME_overlay.mp4`` (and ``NAME_fusion{1,2,3}.mp4``) plus ``NAME_timing.json``, a per-frame
 timing summary. Once per run: ``legend.png`` (and ``fusion_scale.png``).
 
+``--dataset NAME_OR_FOLDER --split S`` predicts a split of a dataset (a Hub dataset id, a local Hub-style folder,
+``synthetic``, or a folder of plain images), read with ``msaf_hf.data.load_split`` (purpose ``"prediction"``) and
+prepared by the checkpoint's image processor; each example is written under its name.
+
 Inputs inside a folder keep their relative path under ``--output_dir``. Files that cannot be read are reported
 and skipped, with a count at the end; a video whose codec cannot be decoded stops the run before any work with a
 clear message; an output folder that would write into an input folder, or over an input file, is refused.
@@ -47,6 +51,8 @@ __all__ = [
     "PredictionSummary",
     "collect_inputs",
     "main",
+    "load_prediction_dataset",
+    "predict_dataset",
     "predict_images",
     "predict_video",
 ]
@@ -215,6 +221,21 @@ def predict_images(
 ) -> PredictionSummary:
     """Segment image inputs in batches and write their pictures (see the module docstring)."""
     summary = summary or PredictionSummary()
+    return _predict_batches(segmenter, _read_images(items, summary, progress), output_dir, batch_size, alpha,
+                            fusion_maps, progress, summary, fusion_range)
+
+
+def _predict_batches(
+    segmenter: Segmenter,
+    images: Iterator[tuple[InputItem, Image.Image]],
+    output_dir: Path,
+    batch_size: int,
+    alpha: float,
+    fusion_maps: bool,
+    progress: Any,
+    summary: PredictionSummary,
+    fusion_range: tuple[float, float],
+) -> PredictionSummary:
     batch: list[tuple[InputItem, Image.Image]] = []
 
     def flush() -> None:
@@ -228,13 +249,60 @@ def predict_images(
             progress.update(len(batch))
         batch.clear()
 
-    for item, image in _read_images(items, summary, progress):
+    for item, image in images:
         batch.append((item, image))
         if len(batch) == batch_size:
             flush()
     if batch:
         flush()
     return summary
+
+
+def load_prediction_dataset(source: str, split: str, segmenter: Segmenter) -> Any:
+    """One split of a dataset (``--dataset``/``--split``) for prediction: ``msaf_hf.data.load_split`` with the
+    checkpoint's image processor; labels, if any, are not read."""
+    from ..data import load_split
+
+    return load_split(source, split, "prediction", image_processor=segmenter.image_processor, split_flag="--split")
+
+
+def predict_dataset(
+    segmenter: Segmenter,
+    dataset: Any,
+    output_dir: Path,
+    *,
+    batch_size: int = 4,
+    alpha: float = 0.5,
+    fusion_maps: bool = False,
+    progress: Any = None,
+    summary: PredictionSummary | None = None,
+    fusion_range: tuple[float, float] = FUSION_RANGE,
+) -> PredictionSummary:
+    """Segment every example of a prediction dataset (:func:`load_prediction_dataset`) and write its pictures
+    under its name (without the extension; repeated names get ``-2``, ``-3``, ...). Examples that cannot be read are
+    reported and skipped."""
+    from ..data import BadExampleError
+
+    summary = summary or PredictionSummary()
+    used: dict[str, int] = {}
+
+    def readable() -> Iterator[tuple[InputItem, Image.Image]]:
+        for index in range(len(dataset)):
+            name = dataset.name(index)
+            stem = Path(name).with_suffix("").as_posix() if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name
+            count = used.get(stem.lower(), 0)
+            used[stem.lower()] = count + 1
+            item = InputItem(Path(name), stem if not count else f"{stem}-{count + 1}", "image")
+            try:
+                yield item, dataset.load_image(index)
+            except BadExampleError as error:
+                logger.warning("Skipping %s", error)
+                summary.skipped.append((item.path, str(error)))
+                if progress is not None:
+                    progress.update(1)
+
+    return _predict_batches(segmenter, readable(), output_dir, batch_size, alpha, fusion_maps, progress, summary,
+                            fusion_range)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -340,8 +408,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a save_pretrained folder or a Hub model id")
     parser.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="image or video files, folders or globs ('imgs/*.jpg')"
+        "inputs", nargs="*", metavar="INPUT", help="image or video files, folders or globs ('imgs/*.jpg')"
     )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="also predict a dataset split: a Hub dataset id, a local Hub-style folder (e.g. *.parquet shards), "
+        "'synthetic', or a folder of plain images (read by msaf_hf.data with the checkpoint's preprocessing)",
+    )
+    parser.add_argument("--split", default="validation", help="the --dataset split to predict (default validation)")
     parser.add_argument("--output_dir", "--output-dir", required=True, type=Path, help="where the pictures go")
     parser.add_argument("--batch_size", "--batch-size", type=int, default=4, help="images (or frames) per forward pass")
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of the class colours in the overlay (0..1)")
@@ -401,8 +476,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1:
         print(f"error: --batch_size must be >= 1, got {args.batch_size}", file=sys.stderr)
         return 2
+    if not args.inputs and args.dataset is None:
+        print("error: give images, videos, folders or globs to predict, or --dataset", file=sys.stderr)
+        return 2
     try:
         items, folders = collect_inputs(args.inputs)
+        if args.dataset is not None and Path(args.dataset).is_dir():
+            folders.append(Path(args.dataset))  # the output folder must not be inside it either
         check_output_dir(args.output_dir, items, folders, args.fusion_maps)
         unreadable: list[tuple[InputItem, str]] = []
         videos = [item for item in items if item.kind == "video"]
@@ -417,13 +497,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                     unreadable.append((item, str(error)))
             skipped_ids = {id(item) for item, _ in unreadable}
             items = [item for item in items if id(item) not in skipped_ids]
-        if not items:
+        if not items and args.dataset is None:
             raise FileNotFoundError("no image or video inputs found in " + ", ".join(args.inputs))
     except (FileNotFoundError, ValueError, ImportError) as error:  # VideoError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
     summary = PredictionSummary(skipped=[(item.path, reason) for item, reason in unreadable])
     segmenter = load_model_for_prediction(args)
+    dataset = None
+    if args.dataset is not None:
+        try:
+            dataset = load_prediction_dataset(args.dataset, args.split, segmenter)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if args.fusion_maps and not segmenter.supports_fusion_maps:
         print("error: --fusion_maps needs a DSNet model (the maps are its MSAF weights).", file=sys.stderr)
         return 2
@@ -451,6 +538,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary=summary,
             fusion_range=fusion_range,
         )
+    if dataset is not None:
+        with tqdm(total=len(dataset), desc=f"{args.dataset} ({args.split})", unit="img",
+                  disable=args.no_progress) as progress:
+            predict_dataset(segmenter, dataset, args.output_dir, batch_size=args.batch_size, alpha=args.alpha,
+                            fusion_maps=args.fusion_maps, progress=progress, summary=summary,
+                            fusion_range=fusion_range)
     for item in videos:
         from .video import VideoError
 

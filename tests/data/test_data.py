@@ -112,7 +112,7 @@ def test_data_arguments_parse_with_hf_argument_parser():
         (dict(scale_range=[2.0, 1.0]), "scale_range"),
         (dict(crop_size=[1, 2, 3]), "crop_size"),
         (dict(hflip_probability=1.5), "hflip_probability"),
-        (dict(image_dir="x"), "--mask_dir"),
+        (dict(mask_dir="x"), "--mask_dir needs --image_dir"),
         (dict(eval_split_fraction=1.0), "eval_split_fraction"),
         (dict(max_train_samples=0), "max_train_samples"),
     ],

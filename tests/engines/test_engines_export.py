@@ -63,7 +63,7 @@ def exported(tmp_path_factory, tiny_model):
     pytest.importorskip("nncf")
     root = tmp_path_factory.mktemp("engines")
     folders: dict[tuple[str, str], Path] = {}
-    calibration = load_calibration_images("synthetic", tiny_model.config, num_samples=8, size=SIZE)
+    calibration = load_calibration_images("synthetic", num_samples=8, size=SIZE)
 
     def get(engine: str, precision: str) -> Path:
         if (engine, precision) not in folders:
@@ -157,7 +157,7 @@ def test_int8_export_is_quantised_and_runs(exported, tiny_model, engine):
         assert any(node.op_type == "QuantizeLinear" for node in graph.graph.node)
     model = load_segmenter(folder, num_threads=1)
     # Images of the calibration distribution (the synthetic set's validation split, not used for calibration).
-    pixel_values = torch.cat(load_calibration_images("synthetic", tiny_model.config, split="validation",
+    pixel_values = torch.cat(load_calibration_images("synthetic", split="validation",
                                                       num_samples=4, size=SIZE))
     logits = model(pixel_values=pixel_values).logits
     with torch.no_grad():
@@ -192,7 +192,7 @@ def test_accurate_recipe_keeps_the_shared_trunk_in_float32(tmp_path, tiny_model)
     pytest.importorskip("nncf")
     import openvino as ov
 
-    calibration = load_calibration_images("synthetic", tiny_model.config, num_samples=4, size=SIZE)
+    calibration = load_calibration_images("synthetic", num_samples=4, size=SIZE)
     folder = export_to_engine(tiny_model, tmp_path / "accurate", engine="openvino", precision="int8",
                               height=SIZE[0], width=SIZE[1], calibration_images=calibration, recipe="accurate")
     spec = read_engine_spec(folder)
@@ -212,7 +212,7 @@ def test_calibration_errors(tmp_path, tiny_model):
                          calibration_images=[])
     with pytest.raises(ValueError, match="needs calibration images"):
         export_to_engine(tiny_model, tmp_path / "out", engine="openvino", precision="int8", height=64, width=64)
-    # A dataset of another label space: 6 classes (ids 0..5) for a 4-class model.
+    # Calibration reads images only: a dataset of another label space (6 classes for a 4-class model) calibrates.
     import datasets
 
     def png(array: np.ndarray) -> bytes:
@@ -231,10 +231,14 @@ def test_calibration_errors(tmp_path, tiny_model):
         label[0, 0] = 5
         rows["label"].append({"bytes": png(label), "path": None})
     datasets.Dataset.from_dict(rows, features=features).to_parquet(str(folder / "train-00000-of-00001.parquet"))
-    with pytest.raises(ValueError, match=r"has 6 classes but the model predicts 4"):
-        load_calibration_images(str(folder), tiny_model.config, split="train", num_samples=2)
+    images = load_calibration_images(str(folder), split="train", num_samples=2)
+    assert len(images) == 2 and images[0].shape == (1, 3, 32, 32)
     with pytest.raises(ValueError, match="at least 1"):
-        load_calibration_images(str(folder), tiny_model.config, split="train", num_samples=0)
+        load_calibration_images(str(folder), split="train", num_samples=0)
+    with pytest.raises(ValueError, match=r"split 'calibration' not found .*pass --calibration_split"):
+        load_calibration_images(str(folder), split="calibration", num_samples=2)
+    with pytest.raises(TypeError, match="image processor"):
+        load_calibration_images(str(folder), tiny_model.config, num_samples=2)  # the earlier signature
 
 
 def test_fixed_size_calibration_must_match_the_export_size(tmp_path, tiny_model):
