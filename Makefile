@@ -6,17 +6,23 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: help quickstart test lint setup clean
+.PHONY: help quickstart test test-fast test-wheel lint setup clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  \1\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  \1\t/'
 
 quickstart: $(VENV)/.installed  ## train + evaluate a small DSNet on the built-in synthetic set (no network, no data)
-	$(BIN)/python scripts/train.py --config configuration/quickstart.yaml
+	$(BIN)/msaf-hf train --config quickstart
 
-test: lint  ## ruff, then the test suite (first fetches transformers' common test suites into .cache/)
+test: lint  ## ruff, then the full test suite (first fetches transformers' common test suites into .cache/); what CI runs
 	$(BIN)/python scripts/fetch_transformers_test_suites.py
 	$(BIN)/python -m pytest -q
+
+test-fast: $(VENV)/.installed  ## the quick loop: the tests not marked slow (no training runs, processes, engines)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-wheel:  ## build the wheel, install it in a fresh environment and run msaf-hf there, outside the checkout
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" .ci/check_wheel
 
 lint: $(VENV)/.installed  ## ruff over the whole repository (configuration in pyproject.toml)
 	$(BIN)/ruff check .

@@ -3,7 +3,7 @@
 
 Mapping packages to folders outside ``msaf_hf/`` would do the same, but makes editable installs need an import
 finder (and setuptools then warns). A source checkout (editable install) reads the top-level files directly
-(``msaf_hf.presets.configuration_dir``, ``msaf_hf.hub.card.default_template_path``). Everything else is in
+(``msaf_hf.presets.packaged_path``, the one lookup of these files, which knows both places). Everything else is in
 pyproject.toml.
 """
 
@@ -14,6 +14,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
+# Keep in step with msaf_hf.presets.INSTALLED_AS (setup.py runs before the package can be imported).
 SHIPPED = {"configuration": "msaf_hf/configuration", "model_card.md": "msaf_hf/hub/templates/model_card.md"}
 PATTERNS = ("*.json", "*.yaml")
 

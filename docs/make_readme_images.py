@@ -4,7 +4,7 @@
     python docs/make_readme_images.py outputs/camvid-short/final [--data ../shared/data/camvid] [--index 20]
 
 Runs scripts/evaluate.py (validation split, at the evaluation size the model was trained with) and
-scripts/predict.py --fusion-maps on one validation image, then writes small copies into docs/.
+scripts/predict.py --fusion_maps on one validation image, then writes small copies into docs/.
 """
 
 from __future__ import annotations

@@ -296,14 +296,14 @@ def convert_original_checkpoint(
     if num_labels is not None:
         if checkpoint.layout != "encoder-only" and "num_labels" in values and values["num_labels"] != num_labels:
             raise ValueError(
-                f"--num-labels {num_labels} contradicts the checkpoint's classifier, which has {values['num_labels']} "
+                f"--num_labels {num_labels} contradicts the checkpoint's classifier, which has {values['num_labels']} "
                 "classes (lastlayer.conv2.weight). Convert with the checkpoint's classes, then fine-tune with "
                 "from_pretrained(..., num_labels=N, ignore_mismatched_sizes=True)."
             )
         values["num_labels"] = num_labels
     if "num_labels" not in values:
         raise ValueError(
-            "The checkpoint has no classifier (encoder-only), so the number of classes is unknown: pass --num-labels."
+            "The checkpoint has no classifier (encoder-only), so the number of classes is unknown: pass --num_labels."
         )
     if id2label is None:
         id2label = default_id2label(values["num_labels"])
@@ -330,7 +330,7 @@ def convert_original_checkpoint(
         if tuple(expected[ours].shape) != tuple(tensor.shape):
             raise ValueError(
                 f"Shape mismatch for checkpoint key {key!r}: checkpoint {tuple(tensor.shape)}, model "
-                f"{tuple(expected[ours].shape)} (ours: {ours!r}); check --variant / --num-labels."
+                f"{tuple(expected[ours].shape)} (ours: {ours!r}); check --variant / --num_labels."
             )
         renamed[ours] = tensor
     missing = [k for k in expected if k not in renamed]

@@ -1,5 +1,6 @@
-"""Named model presets: JSON files under the repository's `configuration/` folder (installed as
-`msaf_hf/configuration`), reachable from Python by name."""
+"""Named model presets, training recipes and Accelerate configs: files under the repository's `configuration/`
+folder (installed as `msaf_hf/configuration`), reachable by name. This module is the one place that finds the files
+the package ships outside `msaf_hf/` (`packaged_path`), for a source checkout and an installed wheel alike."""
 
 from __future__ import annotations
 
@@ -19,33 +20,69 @@ ORIGINAL_MODEL_NAMES = {
 }
 
 
-def configuration_dir() -> Path:
-    """The folder holding presets and recipes: the source checkout's `configuration/`, else the installed copy."""
-    source = Path(__file__).resolve().parent.parent / "configuration"
-    if source.is_dir():
+# Files at the top of the source checkout, and where setup.py's build step installs them (relative to msaf_hf/).
+INSTALLED_AS = {"configuration": "configuration", "model_card.md": "hub/templates/model_card.md"}
+RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def packaged_path(name: str) -> Path:
+    """A file or folder the package ships from the top of the repository (``configuration``, ``model_card.md``):
+    the source checkout's copy, else the installed one (copied there by setup.py's build step)."""
+    package = Path(__file__).resolve().parent
+    source = package.parent / name
+    if source.exists():
         return source
-    installed = Path(__file__).resolve().parent / "configuration"  # copied there by setup.py's build step
-    if installed.is_dir():
+    installed = package / INSTALLED_AS[name]
+    if installed.exists():
         return installed
     raise FileNotFoundError(
-        f"msaf_hf's configuration folder (presets and recipes) is missing: expected {source} in a source "
-        f"checkout, or {installed} in an installed copy. Reinstall with `pip install -e .`."
+        f"msaf_hf's packaged {name!r} is missing: expected {source} in a source checkout, or {installed} in an "
+        f"installed copy. Reinstall the package (`pip install -e .` in a checkout)."
     )
 
 
-def find_configuration_file(path: str | os.PathLike) -> Path | None:
-    """``path`` when it is a file; else, for a bare file name, the packaged configuration file of that name (so
-    ``camvid_id2label.json`` or ``quickstart.yaml`` work from an installed package); else None."""
+def configuration_dir() -> Path:
+    """The folder holding presets, recipes and Accelerate configs (see `packaged_path`)."""
+    return packaged_path("configuration")
+
+
+def find_configuration_file(path: str | os.PathLike, subfolder: str = "") -> Path | None:
+    """``path`` when it is a file; else, for a bare name, the packaged configuration file of that name, with or
+    without its suffix (so ``quickstart``, ``quickstart.yaml`` or ``camvid_id2label.json`` work from an installed
+    package; ``subfolder="accelerate"`` looks among the Accelerate configs); else None."""
     file = Path(path)
     if file.is_file():
         return file
-    if file.parent != Path("."):
+    if file.parent != Path(".") or not file.name:
         return None
     try:
-        packaged = configuration_dir() / file.name
+        folder = configuration_dir() / subfolder
     except (FileNotFoundError, TypeError):
         return None
-    return packaged if packaged.is_file() else None
+    names = [file.name] if file.suffix in RECIPE_SUFFIXES else [file.name + suffix for suffix in RECIPE_SUFFIXES]
+    return next((folder / name for name in names if (folder / name).is_file()), None)
+
+
+def list_recipes() -> list[str]:
+    """Names of the training recipes (``quickstart``, ``camvid``, ``cityscapes``, ...), for ``--config NAME``."""
+    return sorted(p.stem for p in configuration_dir().glob("*.yaml"))
+
+
+def list_accelerate_configs() -> list[str]:
+    """Names of the Accelerate launch configs (``cpu_2proc``, ``multi_gpu``, ...), for
+    ``accelerate launch --config_file "$(msaf-hf config-path NAME)"``."""
+    return sorted(p.stem for p in (configuration_dir() / "accelerate").glob("*.yaml"))
+
+
+def find_accelerate_config(name: str | os.PathLike) -> Path:
+    """The Accelerate config file ``name`` (a path, or a packaged config's name); a clear error otherwise."""
+    file = find_configuration_file(name, subfolder="accelerate")
+    if file is None:
+        raise FileNotFoundError(
+            f"Accelerate config {str(name)!r} not found: not a file, nor one of the packaged configs "
+            f"({', '.join(list_accelerate_configs())})."
+        )
+    return file
 
 
 def list_presets() -> list[str]:

@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from .presets import find_configuration_file
+from .presets import configuration_dir, find_configuration_file, list_accelerate_configs, list_presets, list_recipes
 
-__all__ = ["check_field_types", "load_recipe", "parse_command_line"]
+__all__ = ["check_field_types", "describe_configurations", "load_recipe", "parse_command_line"]
 
 _SCALAR_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 _MAPPING_FIELDS = {"config_overrides"}  # a string on the command line, a mapping in a recipe
@@ -85,9 +85,11 @@ def _scalar_type(annotation: Any) -> tuple[type | None, bool]:
 
 def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
     """Read a recipe: a YAML (or JSON) mapping of flat ``argument: value`` pairs."""
-    file = find_configuration_file(path)  # a bare name such as quickstart.yaml also finds the packaged recipe
+    file = find_configuration_file(path)  # a bare name (quickstart, quickstart.yaml) finds the packaged recipe
     if file is None:
-        raise FileNotFoundError(f"Recipe file {str(path)!r} not found.")
+        raise FileNotFoundError(
+            f"Recipe file {str(path)!r} not found: not a file, nor a packaged recipe ({', '.join(list_recipes())})."
+        )
     try:
         values = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
@@ -101,6 +103,19 @@ def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
+def describe_configurations() -> str:
+    """The packaged recipes, model presets and Accelerate configs by name (``--list_configs``)."""
+    folder = configuration_dir()
+    lines = [f"Packaged configurations (in {folder}):"]
+    for title, names, usage in (
+        ("recipes", list_recipes(), "--config NAME"),
+        ("model presets", list_presets(), "--preset NAME"),
+        ("Accelerate configs", list_accelerate_configs(), '--config_file "$(msaf-hf config-path NAME)"'),
+    ):
+        lines.append(f"  {title} ({usage}): {', '.join(names)}")
+    return "\n".join(lines)
+
+
 def _build_parser(dataclass_types: Sequence[type]) -> Any:
     from transformers import HfArgumentParser
 
@@ -108,7 +123,14 @@ def _build_parser(dataclass_types: Sequence[type]) -> Any:
     parser.add_argument(
         "--config",
         default=None,
-        help="Recipe file (YAML, flat 'argument: value' pairs) providing defaults; command-line flags override it.",
+        help="Recipe providing defaults (command-line flags override it): a packaged recipe's name (quickstart, "
+        "camvid, cityscapes, ...: see --list_configs) or a YAML file of flat 'argument: value' pairs.",
+    )
+    parser.add_argument(
+        "--list_configs",
+        "--list-configs",
+        action="store_true",
+        help="Print the packaged recipes, model presets and Accelerate configs by name, and exit.",
     )
     return parser
 
@@ -130,7 +152,11 @@ def parse_command_line(
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
+    pre.add_argument("--list_configs", "--list-configs", action="store_true")
     known, _ = pre.parse_known_args(argv)
+    if known.list_configs:
+        print(describe_configurations())
+        raise SystemExit(0)
     parser = _build_parser(dataclass_types)
     if known.config is not None:
         recipe = {k: v for k, v in load_recipe(known.config).items() if k not in recipe_exclude}

@@ -8,18 +8,10 @@ Both run round-robin in one process (median of repeats); the ratio is what matte
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
-
-try:
-    import msaf_hf  # noqa: F401
-except ImportError:  # a source checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from msaf_hf.benchmarking import time_callables

@@ -40,12 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-try:
-    from msaf_hf.evaluation.metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
-except ImportError:  # running from a checkout without installing the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from msaf_hf.evaluation.metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
-
+from msaf_hf.evaluation.metrics import SegmentationConfusionMatrix, metrics_from_confusion_matrix
 
 __all__ = ["make_benchmark_data", "run_metrics_benchmark", "format_table", "main"]
 
@@ -338,18 +333,20 @@ def format_table(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num-samples", type=int, default=101)
+    parser.add_argument("--num_samples", "--num-samples", type=int, default=101)
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--width", type=int, default=480)
-    parser.add_argument("--num-classes", type=int, default=11)
-    parser.add_argument("--ignore-fraction", type=float, default=0.1)
-    parser.add_argument("--batch-size", type=int, default=1, help="maps per update() call (1 = whole-image eval)")
+    parser.add_argument("--num_classes", "--num-classes", type=int, default=11)
+    parser.add_argument("--ignore_fraction", "--ignore-fraction", type=float, default=0.1)
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=1,
+                        help="maps per update() call (1 = whole-image eval)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for the run (default: leave as is)")
     parser.add_argument(
+        "--skip_slow_baselines",
         "--skip-slow-baselines",
         action="store_true",
         help="skip torchmetrics with validate_args=True and the scikit-learn timing",

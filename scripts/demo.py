@@ -1,50 +1,13 @@
 #!/usr/bin/env python
-"""Start the DSNet demo (Gradio) for a model: upload or pick an image; see the overlay, the legend, each class's
-share of the image, the latency and MSAF's fusion maps.
+"""Start the DSNet Gradio demo: `msaf-hf demo` (msaf_hf.commands.demo).
 
-    python scripts/demo.py outputs/dsnet-camvid/final [--examples img1.png img2.png] [--port 7860] [--device cuda]
-
-Needs the `demo` extra: pip install -e '.[demo]'.
+The same code as the command (this file is the repository's script form of it; install the package first:
+`pip install -e .`).
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-try:
-    import msaf_hf  # noqa: F401  (registers DSNet with the transformers Auto classes)
-except ImportError:  # running from a source checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import msaf_hf  # noqa: F401
-
-from msaf_hf.visualization.demo import build_demo
-from msaf_hf.visualization.inference import load_segmenter
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="a save_pretrained folder or a Hub model id")
-    parser.add_argument("--examples", nargs="*", default=[], help="example images offered in the app")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for the network)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
-    parser.add_argument("--size", default=None, help="model input size HxW or N (shorter side); default: native")
-    parser.add_argument("--revision", default=None, help="Hub revision of the model")
-    parser.add_argument("--trust-remote-code", action="store_true", help="load the checkpoint's own model code")
-    parser.add_argument("--title", default="DSNet: see what DSNet sees", help="page title")
-    args = parser.parse_args(argv)
-    for example in args.examples:
-        if not Path(example).is_file():
-            parser.error(f"example image {example} does not exist")
-    segmenter = load_segmenter(args.model, device=args.device, size=args.size, revision=args.revision,
-                               trust_remote_code=args.trust_remote_code)
-    demo = build_demo(segmenter, examples=args.examples, title=args.title)
-    print(f"DSNet demo of {args.model} on {segmenter.device}: http://{args.host}:{args.port}", flush=True)
-    demo.launch(server_name=args.host, server_port=args.port, share=False, show_error=True)
-    return 0
-
+from msaf_hf.commands.demo import main
 
 if __name__ == "__main__":
     sys.exit(main())

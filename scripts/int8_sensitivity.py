@@ -17,22 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
 from pathlib import Path
-
-try:
-    import msaf_hf  # noqa: F401
-except ImportError:  # running from a source checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from msaf_hf.data import DataArguments, load_split
-from msaf_hf.engines._dependencies import require
-from msaf_hf.engines.exporting import _convert_openvino, _deployed_copy, _load_image_processor
+from msaf_hf.engines.exporting import convert_openvino, deployed_copy, load_image_processor
 from msaf_hf.engines.quantization import (
     QUANTIZATION_SCHEMES,
     QuantizationScheme,
@@ -120,14 +113,17 @@ def main() -> None:
     parser.add_argument("--skip_blocks", action="store_true", help="only the per-layer error and the recipes")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    ov = require("openvino")
+    try:
+        import openvino as ov
+    except ImportError as error:
+        raise SystemExit("int8_sensitivity.py needs OpenVINO: pip install 'msaf_hf[openvino]'") from error
     core = ov.Core()
     torch.manual_seed(0)
 
     model = DSNetForSemanticSegmentation.from_pretrained(args.model).eval()
     size = tuple(args.eval_size) if args.eval_size else None
     # The checkpoint's preprocessing (its size unless --eval_size overrides it) for calibration and evaluation alike.
-    processor = _load_image_processor(args.model) or DSNetImageProcessor()
+    processor = load_image_processor(args.model) or DSNetImageProcessor()
     if size is not None:
         processor.do_resize, processor.size = True, {"height": size[0], "width": size[1]}
     calibration = load_calibration_images(args.dataset, processor, split=args.calibration_split,
@@ -139,7 +135,7 @@ def main() -> None:
                          image_processor=processor, split_flag="--eval_split")
     dataset.num_labels = model.config.num_labels
     example = calibration[0]
-    graph = _convert_openvino(_deployed_copy(model), example, dynamic_spatial=True)
+    graph = convert_openvino(deployed_copy(model), example, dynamic_spatial=True)
     node_modules = openvino_node_modules(graph)
     compile_ = lambda g: core.compile_model(g, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})  # noqa: E731
     report: dict = {"model": args.model, "calibration_images": len(calibration), "eval_images": len(dataset)}

@@ -1,23 +1,15 @@
 #!/usr/bin/env python
-"""Train or fine-tune DSNet (a thin command line over `msaf_hf.training`).
+"""Train or fine-tune DSNet: `msaf-hf train` (msaf_hf.commands.train); `--help` lists the options.
 
-    python scripts/train.py --config configuration/quickstart.yaml
-    python scripts/train.py --config configuration/camvid.yaml --dataset_name ../shared/data/camvid
-    accelerate launch --config_file configuration/accelerate/multi_gpu.yaml scripts/train.py \\
-        --config configuration/cityscapes.yaml
+    python scripts/train.py --config quickstart
 
-Any argument can come from the recipe (`--config`) and be overridden on the command line; `--help` lists them.
+The same code as the command (this file is the repository's script form of it; install the package first:
+`pip install -e .`).
 """
 
 import sys
-from pathlib import Path
 
-try:
-    import msaf_hf  # noqa: F401
-except ImportError:  # running from a source checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from msaf_hf.training import main
+from msaf_hf.commands.train import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

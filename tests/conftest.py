@@ -1,8 +1,10 @@
-"""Shared test helpers: the read-only ../shared folder (skipped where absent) and tiny DSNet configs."""
+"""Shared test helpers: the read-only ../shared folder (skipped where absent; a failure in CI) and tiny DSNet
+configs."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -19,15 +21,28 @@ from hub_fixtures import local_hub, local_hub_client  # noqa: E402,F401  (the lo
 torch.set_num_threads(2)
 
 
+def in_ci() -> bool:
+    """Whether the tests run in CI (``CI=true``, as CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing_input(reason: str, *, allow_module_level: bool = False) -> None:
+    """A test input is missing: skip with ``reason`` on a developer's machine, fail in CI (where every input must be
+    present, so that a suite never passes by skipping)."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: missing test inputs are failures)", pytrace=False)
+    pytest.skip(reason, allow_module_level=allow_module_level)
+
+
 def require_reference() -> Path:
     if not (REFERENCE / "DSNET-ARCHITECTURE.md").is_file():
-        pytest.skip(f"the published-code fixtures are not available ({REFERENCE} is absent)")
+        missing_input(f"the published-code fixtures are not available ({REFERENCE} is absent)")
     return REFERENCE
 
 
 def require_camvid() -> Path:
     if not (CAMVID / "README.md").is_file():
-        pytest.skip(f"the CamVid dataset is not available ({CAMVID} is absent)")
+        missing_input(f"the CamVid dataset is not available ({CAMVID} is absent)")
     return CAMVID
 
 

@@ -27,6 +27,7 @@ EXPECTED_LAYOUTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", PARITY_CASES)
 def test_every_layout_converts_to_a_loadable_folder(case, tmp_path):
     reference = require_reference()
@@ -62,6 +63,7 @@ def test_training_checkpoint_keeps_class_weights_and_drops_optimizer(tmp_path):
     assert model.config.id2label[0] == "road" and model.config.id2label[18] == "bicycle"  # Cityscapes names
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path):
     reference = require_reference()
     result = subprocess.run(
@@ -74,6 +76,7 @@ def test_command_line(tmp_path):
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_command_line_reports_errors(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "convert_original_checkpoint.py"),
@@ -92,7 +95,7 @@ def test_encoder_only_checkpoint_gets_fresh_heads(tmp_path):
     encoder = {f"module.{k}": v for k, v in _tiny_state_dict().items() if not k.startswith(("lastlayer", "seghead"))}
     path = tmp_path / "imagenet.pth"
     torch.save({"state_dict": encoder}, path)
-    with pytest.raises(ValueError, match="pass --num-labels"):
+    with pytest.raises(ValueError, match="pass --num_labels"):
         convert_original_checkpoint(path)
     model, report = convert_original_checkpoint(path, num_labels=11)
     assert report.layout == "encoder-only" and model.config.num_labels == 11
@@ -159,6 +162,7 @@ def test_renaming_covers_the_published_state_dict():
         assert all(tuple(ours[k].shape) == shape for k, shape in renamed.items()), name
 
 
+@pytest.mark.slow
 def test_converted_training_checkpoint_from_pretrained_gives_the_published_training_loss(tmp_path, monkeypatch):
     """The class weights are a non-persistent buffer no checkpoint carries: from_pretrained must rebuild them.
     Memory the loader materialises is poisoned (NaN) so that a buffer left uninitialised fails every run."""

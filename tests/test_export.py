@@ -33,6 +33,7 @@ def _relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("deploy", [True, False], ids=["deployed", "eval"])
 def test_onnx_matches_onnxruntime_with_dynamic_batch(fixture_model_and_input, tmp_path, deploy):
     pytest.importorskip("onnxscript")
@@ -58,6 +59,7 @@ def test_onnx_matches_onnxruntime_with_dynamic_batch(fixture_model_and_input, tm
         assert report["max_relative_difference"] <= 1e-4, f"batch {batch.shape[0]}: onnxruntime vs torch {report}"
 
 
+@pytest.mark.slow
 def test_onnx_spatial_size_is_fixed_for_msaf(fixture_model_and_input, tmp_path):
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
@@ -70,6 +72,7 @@ def test_onnx_spatial_size_is_fixed_for_msaf(fixture_model_and_input, tmp_path):
         compare_with_torch(path, model, torch.randn(1, 3, 128, 192))
 
 
+@pytest.mark.slow
 def test_onnx_dynamic_spatial_size_without_context_pools(tmp_path):
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
@@ -87,6 +90,7 @@ def test_onnx_dynamic_spatial_size_without_context_pools(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_torch_export_matches_eager_with_dynamic_batch_and_size(fixture_model_and_input):
     model, pixel_values = fixture_model_and_input
     model = copy.deepcopy(model).to_deploy()
@@ -102,6 +106,7 @@ def test_torch_export_matches_eager_with_dynamic_batch_and_size(fixture_model_an
         assert _relative_error(ours, expected) <= 1e-6
 
 
+@pytest.mark.slow
 def test_torch_export_of_eval_model_with_static_shapes(fixture_model_and_input):
     model, pixel_values = fixture_model_and_input
     program = export_program(model, pixel_values, dynamic_batch=False)

@@ -95,6 +95,7 @@ def test_pipeline(saved_model):
         assert np.array_equal(np.array(result["mask"]) > 0, class_map == class_id)
 
 
+@pytest.mark.slow
 def test_new_label_set_with_ignore_mismatched_sizes(tmp_path):
     config = msaf_hf.load_preset("dsnet", base_channels=4, num_labels=19)
     model = DSNetForSemanticSegmentation(config)
@@ -142,6 +143,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_remote_code_loads_without_msaf_hf(saved_model, tmp_path):
     model, folder = saved_model
     x = torch.randn(1, 3, 40, 56)

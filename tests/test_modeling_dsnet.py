@@ -59,6 +59,7 @@ def test_eval_logits_match_published_code(case):
         assert agreement > 0.999, f"{case} {key}: argmax agrees on {agreement:.4%} of pixels"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in PARITY_CASES if c in ("dsnet_head128_full", "dsnet_m_tiny")])
 def test_training_losses_match_published_code(case):
     model, tensors, meta, _ = _fixture_model(case)
@@ -205,6 +206,7 @@ def test_encoder_outputs(tiny_config):
     assert isinstance(as_tuple, tuple) and as_tuple[0].shape == out.last_hidden_state.shape
 
 
+@pytest.mark.slow
 def test_return_dict_false(tiny_config):
     model = DSNetForSemanticSegmentation(tiny_config).train()
     labels = torch.randint(0, 5, (2, 32, 32))
@@ -241,6 +243,7 @@ def test_ohem_matches_plain_implementation(min_kept, weighted):
     torch.testing.assert_close(ours, _ohem_reference(logits, labels, 0.7, min_kept, weight), rtol=1e-5, atol=0)
 
 
+@pytest.mark.slow
 def test_loss_with_every_pixel_ignored_is_zero_not_nan(tiny_config):
     model = DSNetForSemanticSegmentation(tiny_config).train()
     out = model(torch.randn(2, 3, 32, 32), labels=torch.full((2, 32, 32), 255))
@@ -248,6 +251,7 @@ def test_loss_with_every_pixel_ignored_is_zero_not_nan(tiny_config):
     out.loss.backward()
 
 
+@pytest.mark.slow
 def test_loss_without_ohem_and_with_label_size_different_from_input(tiny_config):
     config = DSNetConfig(**{**tiny_config.to_dict(), "use_ohem": False})
     model = DSNetForSemanticSegmentation(config).train()
@@ -377,6 +381,7 @@ def test_one_label_is_binary_segmentation(tiny_config):
         model(pixel_values, labels=torch.full((2, 32, 32), 2))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("labelled", [False, True])
 def test_return_dict_false_is_to_tuple(tiny_config, labelled):
     model = DSNetForSemanticSegmentation(tiny_config).train()
@@ -396,6 +401,7 @@ def test_return_dict_false_is_to_tuple(tiny_config, labelled):
     assert len(encoder_tuple) == 5
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_identical_gradients_and_statistics(tiny_config):
     torch.manual_seed(0)
     reference = DSNetForSemanticSegmentation(tiny_config).train()

@@ -3,8 +3,8 @@ ConfigTester and ImageProcessingTestMixin, the way transformers tests SegFormer 
 
 The suites ship only in transformers' source distribution; `make test` fetches the one of the installed version
 into the git-ignored `.cache/transformers-tests/` (scripts/fetch_transformers_test_suites.py). Without it this
-module skips. Three helper modules the suites import are not in the source distribution; they are stood in for
-below (`_stand_ins`), each with what it provides.
+module skips (in CI, `CI=true`, it fails). Three helper modules the suites import are not in the source
+distribution; they are stood in for below (`_stand_ins`), each with what it provides.
 """
 
 from __future__ import annotations
@@ -19,20 +19,24 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from conftest import missing_input
 
 import msaf_hf  # noqa: F401  (registers DSNet with the Auto classes)
 from msaf_hf import DSNetConfig, DSNetForSemanticSegmentation, DSNetImageProcessor, DSNetModel
+
+pytestmark = pytest.mark.slow  # transformers' common suites: hundreds of checks (make test runs them; test-fast not)
 
 SUITES = Path(__file__).resolve().parents[1] / ".cache" / "transformers-tests" / transformers.__version__ / "tests"
 PACKAGE = "transformers_common_tests"
 
 if not (SUITES / "test_modeling_common.py").is_file():
-    pytest.skip(
+    missing_input(
         f"transformers {transformers.__version__}'s common test suites are not fetched ({SUITES} is absent): run "
         "`python scripts/fetch_transformers_test_suites.py` (needs the package index), or `make test`.",
         allow_module_level=True,
     )
-pytest.importorskip("parameterized", reason="the common suites need `parameterized` (pip install -e '.[test]')")
+if importlib.util.find_spec("parameterized") is None:
+    missing_input("the common suites need `parameterized` (pip install -e '.[test]')", allow_module_level=True)
 
 
 def _stand_ins() -> None:

@@ -1,7 +1,9 @@
 """The package layout holds: no import cycles, dependencies one way (model <- data <- engines <- evaluation <- training
--> hub; visualization beside the model, used by evaluation, training, the Hub card and the scripts; the results schema
-`msaf_hf.results` read by all), no two layers importing each other, no private name imported across modules, no public
-name defined by two modules, no module over ~600 lines but the modeling file, a light `import msaf_hf`."""
+-> hub; visualization beside the model, used by evaluation, training, the Hub card and the commands; the results
+schema `msaf_hf.results` read by all; the commands (msaf_hf.commands: the `msaf-hf` subcommands, the scripts' code)
+on top of everything), no two layers importing each other, no private name imported across modules nor by the
+scripts, no public name defined by two modules, no module over ~600 lines but the modeling file, a light
+`import msaf_hf`."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "msaf_hf"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = REPO_ROOT / "msaf_hf"
+COMMANDS = "msaf_hf.commands"
 REMOTE_CODE = {"msaf_hf.configuration_dsnet", "msaf_hf.modeling_dsnet", "msaf_hf.image_processing_dsnet"}
 
 
@@ -58,6 +62,10 @@ DATA_READING_COMMANDS = {"msaf_hf.visualization.predict"}
 LAYERS = ("data", "engines", "evaluation", "training", "hub", "visualization")
 
 
+def _is_command(module: str) -> bool:
+    return module == COMMANDS or module.startswith(COMMANDS + ".")
+
+
 def _layer(module: str) -> str:
     parts = module.split(".")
     return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "top"
@@ -91,8 +99,10 @@ def test_dependencies_point_one_way():
             source_layer, target_layer = _layer(module), _layer(target)
             if module in REMOTE_CODE and target not in REMOTE_CODE:
                 wrong.append((module, target))  # remote code imports only torch, transformers and its siblings
-            elif target_layer == "training" and source_layer != "training":
-                wrong.append((module, target))  # nothing imports training but its scripts
+            elif target_layer == "training" and source_layer != "training" and not _is_command(module):
+                wrong.append((module, target))  # nothing imports training but the commands (the scripts' code)
+            elif _is_command(target) and not _is_command(module) and module != "msaf_hf.__main__":
+                wrong.append((module, target))  # the commands are the top: only `python -m msaf_hf` imports them
             elif source_layer == "data" and target_layer in ("engines", "evaluation", "hub", "visualization"):
                 wrong.append((module, target))
             elif source_layer == "engines" and target_layer in ("evaluation", "hub", "visualization"):
@@ -119,6 +129,43 @@ def test_no_two_layers_import_each_other():
 def test_no_private_name_is_imported_across_modules():
     _, private = _imports(_modules())
     assert private == []
+
+
+def _script_files() -> list[Path]:
+    return sorted([*(REPO_ROOT / "scripts").glob("*.py"), *(REPO_ROOT / "docs").glob("*.py")])
+
+
+def test_scripts_import_no_private_name():
+    """The scripts (scripts/, docs/*.py) use msaf_hf's public names only: no `_name`, no `_module` on the path."""
+    private = []
+    for path in _script_files():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("msaf_hf"):
+                names = [*node.module.split("."), *(alias.name for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [part for alias in node.names if alias.name.startswith("msaf_hf") for part in
+                         alias.name.split(".")]
+            else:
+                continue
+            private += [(path.name, name) for name in names if name.startswith("_") and not name.endswith("__")]
+    assert _script_files() and private == []
+
+
+def test_user_scripts_are_thin_wrappers_over_the_commands():
+    """A user command's script calls the `msaf-hf` subcommand's `main`: one copy of the code, shipped in the wheel."""
+    wrappers = {"train": "train", "evaluate": "evaluate", "export": "export", "predict": "predict",
+                "convert_original_checkpoint": "convert", "push_to_hub": "push", "demo": "demo",
+                "benchmark": "benchmark", "check_data": "check_data"}
+    for script, command in wrappers.items():
+        tree = ast.parse((REPO_ROOT / "scripts" / f"{script}.py").read_text(encoding="utf-8"))
+        imports = [(n.module, [a.name for a in n.names]) for n in tree.body if isinstance(n, ast.ImportFrom)]
+        assert (f"{COMMANDS}.{command}", ["main"]) in imports, script
+        assert not [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))], script
+
+
+def test_no_sys_path_fallbacks():
+    """The package is installed (README: `make setup` / `pip install -e .`), so nothing edits sys.path to find it."""
+    assert [p.name for p in [*_script_files(), *PACKAGE.rglob("*.py")] if "sys.path.insert" in p.read_text()] == []
 
 
 def test_modules_stay_small():

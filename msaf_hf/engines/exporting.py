@@ -63,7 +63,8 @@ def _check_size(height: int, width: int) -> None:
         )
 
 
-def _deployed_copy(model: DSNetForSemanticSegmentation) -> DSNetForSemanticSegmentation:
+def deployed_copy(model: DSNetForSemanticSegmentation) -> DSNetForSemanticSegmentation:
+    """A float32, eval-mode, deploy-mode (BatchNorms folded), contiguous copy of ``model``: what is exported."""
     if not isinstance(model, DSNetForSemanticSegmentation):
         raise TypeError(f"export_to_engine needs a DSNetForSemanticSegmentation, got {type(model).__name__}.")
     model = copy.deepcopy(model).float().eval()
@@ -72,7 +73,9 @@ def _deployed_copy(model: DSNetForSemanticSegmentation) -> DSNetForSemanticSegme
     return model.to(memory_format=torch.contiguous_format)
 
 
-def _convert_openvino(model: torch.nn.Module, example: torch.Tensor, dynamic_spatial: bool):
+def convert_openvino(model: torch.nn.Module, example: torch.Tensor, dynamic_spatial: bool):
+    """The OpenVINO graph of ``model`` traced on ``example`` (batch always dynamic; height and width too with
+    ``dynamic_spatial``)."""
     ov = require("openvino")
     shape = ov.PartialShape([-1, example.shape[1], -1, -1] if dynamic_spatial else [-1, *example.shape[1:]])
     with torch.no_grad():
@@ -158,7 +161,7 @@ def export_to_engine(
         source = str(model)
         model = DSNetForSemanticSegmentation.from_pretrained(source)
         if image_processor is None:
-            image_processor = _load_image_processor(source)
+            image_processor = load_image_processor(source)
     if precision == "int8":
         if calibration_images is None:
             raise ValueError("int8 export needs calibration images (--calibration_dataset).")
@@ -169,7 +172,7 @@ def export_to_engine(
             raise ValueError("The calibration set is empty: int8 needs at least one calibration image.")
     scheme = quantization_scheme
     scheme = QUANTIZATION_SCHEMES[scheme] if isinstance(scheme, str) else (scheme or DEFAULT_QUANTIZATION_SCHEME)
-    deployed = _deployed_copy(model)
+    deployed = deployed_copy(model)
     dynamic_spatial = engine == "openvino" or not has_context_pools(deployed)
     input_size = None if dynamic_spatial else (height, width)
     if input_size is not None and calibration_images:
@@ -188,7 +191,7 @@ def export_to_engine(
         quantization_record = None
         if engine == "openvino":
             ov = require("openvino")
-            graph = _convert_openvino(deployed, example, dynamic_spatial)
+            graph = convert_openvino(deployed, example, dynamic_spatial)
             if precision == "int8":
                 graph, quantization_record = quantize(graph, "openvino", calibration_images, scheme)
             ov.save_model(graph, str(staging / ENGINE_FILES["openvino"][0]), compress_to_fp16=False)
@@ -223,7 +226,8 @@ def export_to_engine(
     return output_dir
 
 
-def _load_image_processor(source: str) -> Any:
+def load_image_processor(source: str) -> Any:
+    """The image processor saved with a checkpoint (folder or Hub id), or None when it has none."""
     from transformers import AutoImageProcessor
 
     try:
@@ -292,9 +296,7 @@ def compare_with_torch(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scripts/export.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a from_pretrained source: save_pretrained folder or Hub model id")
     parser.add_argument("output_dir", help="folder to write the engine files, config.json and preprocessor_config.json")
     parser.add_argument("--engine", choices=ENGINES, default="openvino")
@@ -341,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     model = DSNetForSemanticSegmentation.from_pretrained(args.model)
-    image_processor = _load_image_processor(args.model)  # the checkpoint's: calibration and the export use it
+    image_processor = load_image_processor(args.model)  # the checkpoint's: calibration and the export use it
     calibration = None
     if args.precision == "int8":
         if args.calibration_dataset is None:

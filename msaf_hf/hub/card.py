@@ -34,6 +34,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
+from ..presets import packaged_path
 from ..results import (
     ALL_RESULTS_FILE,
     EVAL_RESULTS_FILE,
@@ -175,18 +176,9 @@ def load_card_inputs(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def default_template_path() -> Path:
-    """The Jinja2 model-card template: the repository's top-level ``model_card.md`` in a source checkout, else
-    the copy installed beside this module (``msaf_hf/hub/templates/model_card.md``, copied by setup.py)."""
-    source = Path(__file__).resolve().parents[2] / "model_card.md"
-    if source.is_file():
-        return source
-    installed = Path(__file__).resolve().parent / "templates" / "model_card.md"
-    if installed.is_file():
-        return installed
-    raise FileNotFoundError(
-        f"msaf_hf's model-card template is missing: expected {source} in a source checkout, or {installed} in an "
-        "installed copy. Reinstall with `pip install -e .`."
-    )
+    """The Jinja2 model-card template (the repository's top-level ``model_card.md``; found by
+    :func:`msaf_hf.presets.packaged_path`, in a source checkout and an installed package alike)."""
+    return packaged_path("model_card.md")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,12 @@ def push_command(args: DSNetTrainingArguments, final_dir: Path, output_dir: Path
     import shlex
 
     repo_id = args.hub_model_id or output_dir.resolve().name
-    script = Path(__file__).resolve().parents[2] / "scripts" / "push_to_hub.py"  # in a source checkout
-    relative = os.path.relpath(script) if script.is_file() else "scripts/push_to_hub.py"
-    words = ["python", relative if not relative.startswith("..") else str(script), str(final_dir), repo_id]
+    words = ["msaf-hf", "push", str(final_dir), repo_id]  # the command ships with the package (wheel or checkout)
     if args.hub_revision:
         words += ["--branch", args.hub_revision]
     if args.hub_private_repo:
         words.append("--private")
-    words += ["--commit-message", "End of training"]
+    words += ["--commit_message", "End of training"]
     return " ".join(shlex.quote(w) for w in words)
 
 

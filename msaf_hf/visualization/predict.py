@@ -2,7 +2,7 @@
 
 For each image ``NAME``: ``NAME_mask.png`` (a palette PNG whose pixel values are the class ids: lossless and
 reloadable with ``np.array(Image.open(path))``), ``NAME_overlay.jpg`` (the image blended with the class colours)
-and, with ``--fusion-maps``, ``NAME_fusion1.jpg`` .. ``NAME_fusion3.jpg`` (MSAF's weight maps over the image).
+and, with ``--fusion_maps``, ``NAME_fusion1.jpg`` .. ``NAME_fusion3.jpg`` (MSAF's weight maps over the image).
 For each video: ``NAME_overlay.mp4`` (and ``NAME_fusion{1,2,3}.mp4``) plus ``NAME_timing.json``, a per-frame
 timing summary. Once per run: ``legend.png`` (and ``fusion_scale.png``).
 
@@ -408,9 +408,7 @@ def predict_video(
 # Command line
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="predict.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a save_pretrained folder or a Hub model id")
     parser.add_argument(
         "inputs", nargs="*", metavar="INPUT", help="image or video files, folders or globs ('imgs/*.jpg')"
@@ -433,14 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
     parser.add_argument(
-        "--fusion-maps",
         "--fusion_maps",
+        "--fusion-maps",
         action="store_true",
         help="also write MSAF's three fusion-weight maps as heatmaps over each image",
     )
     parser.add_argument(
-        "--fusion-range",
         "--fusion_range",
+        "--fusion-range",
         type=float,
         nargs=2,
         default=None,
@@ -454,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load the model code shipped with the checkpoint (not needed with msaf_hf installed)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -517,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
     if args.fusion_maps and not segmenter.supports_fusion_maps:
-        print("error: --fusion-maps needs a DSNet model (the maps are its MSAF weights).", file=sys.stderr)
+        print("error: --fusion_maps needs a DSNet model (the maps are its MSAF weights).", file=sys.stderr)
         return 2
     args.output_dir.mkdir(parents=True, exist_ok=True)
     summary.written.append(

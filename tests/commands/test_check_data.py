@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import pytest
 
 from msaf_hf.commands.check_data import main as check_data
 
@@ -107,6 +108,7 @@ def test_without_matplotlib_the_chart_is_skipped_and_said(tmp_path, monkeypatch,
     assert "matplotlib is not installed" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_script_wrapper_runs(tmp_path):
     images, masks = _folder(tmp_path)
     result = subprocess.run(

@@ -29,6 +29,7 @@ def _train(output_dir, flags):
     return train(model, data, args)
 
 
+@pytest.mark.slow
 def test_every_format_trains_and_evaluates_to_the_same_miou(tmp_path, subset):
     results = {}
     for kind in FORMATS:
@@ -45,6 +46,7 @@ def test_every_format_trains_and_evaluates_to_the_same_miou(tmp_path, subset):
         assert names == reference_names, kind
 
 
+@pytest.mark.slow
 def test_check_data_reports_the_same_class_frequencies_for_every_format(tmp_path, subset, capsys):
     want = {"train": expected_pixels(subset["train"]), "eval": expected_pixels(subset["validation"])}
     for kind in FORMATS:

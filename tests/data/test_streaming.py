@@ -42,6 +42,7 @@ def rows_of_epoch(dataset: StreamingSegmentationDataset, epoch: int) -> list[int
     return [row_of(example["pixel_values"]) for example in dataset]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_shards, world_size", [(3, 2), (4, 2)])
 def test_every_row_once_per_epoch_across_processes(tmp_path, num_shards, world_size):
     """Row-wise split (3 shards over 2 processes), shard-wise split (4 shards over 2 processes)."""
@@ -113,6 +114,7 @@ def test_a_bad_example_is_named_or_skipped(tmp_path, caplog):
     assert "Skipping: Bad example" in caplog.text and "reading it again from its start" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_saved_position_continues_the_epoch_exactly(tmp_path):
     folder = write_parquet_folder(tmp_path / "data", num_rows=12, num_shards=2, bad_row=4)
     args = streaming_args(folder, skip_bad_examples=True, scale_range=[0.5, 2.0], crop_size=[16, 16])

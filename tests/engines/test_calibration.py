@@ -79,9 +79,9 @@ def test_export_int8_calibrates_on_plain_images_with_the_checkpoints_processor(t
     seen: list[torch.Tensor] = []
     real_quantize = exporting.quantize
 
-    def spy(graph, engine, calibration_images, recipe, keep_fp32=None):
+    def spy(graph, engine, calibration_images, scheme, keep_fp32=None):
         seen.extend(calibration_images)
-        return real_quantize(graph, engine, calibration_images, recipe, keep_fp32)
+        return real_quantize(graph, engine, calibration_images, scheme, keep_fp32)
 
     monkeypatch.setattr(exporting, "quantize", spy)
     out = exporting.main([str(checkpoint), str(tmp_path / "int8"), "--engine", "openvino", "--precision", "int8",

@@ -336,6 +336,7 @@ def test_missing_nncf_names_the_extra(tiny_model, tmp_path, monkeypatch):
                          calibration_images=[torch.zeros(1, 3, 64, 64)])
 
 
+@pytest.mark.slow
 def test_package_imports_without_any_engine():
     code = (
         "import sys\n"

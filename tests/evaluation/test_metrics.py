@@ -328,6 +328,7 @@ def _gloo_worker(rank: int, world_size: int, store_path: str, out_dir: str) -> N
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
 def test_all_reduce_over_two_gloo_processes_matches_single_process(tmp_path):
     # The two workers are started from a fresh interpreter, not from this test process: by now it may hold

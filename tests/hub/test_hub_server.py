@@ -391,6 +391,7 @@ def test_in_process_default_endpoint_fixture(local_hub_client: LocalHub) -> None
     assert Path(path).read_bytes() == b"{}"
 
 
+@pytest.mark.slow
 def test_subprocess_client_and_offline_cache(local_hub: LocalHub, tmp_path: Path) -> None:
     """A client configured only through HF_ENDPOINT/HF_HOME; then HF_HUB_OFFLINE=1 uses the cache."""
     token = local_hub.add_token("alice")

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # every test here launches processes with `accelerate launch`
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ACCELERATE_CONFIG = REPO_ROOT / "configuration" / "accelerate" / "cpu_2proc.yaml"
 

@@ -57,6 +57,7 @@ def _reset_accelerate() -> None:
     AcceleratorState._reset_state(True)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread_and_fresh_accelerate_state")
 def test_a_streamed_run_killed_and_resumed_ends_like_an_uninterrupted_one(tmp_path):
     """24 rows (one bad, skipped: the share is read again to fill an epoch), 2 x 2 accumulation = 6 steps per epoch;

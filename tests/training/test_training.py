@@ -186,6 +186,7 @@ def test_sampler_order_is_a_function_of_seed_and_epoch():
 # --------------------------------------------------------------------------------------------------
 # Training, exact resume and checkpoints
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     # 20 images / (2 per batch x 2 accumulation) = 5 steps per epoch; 8 steps cross an epoch boundary.
     # Checkpoints at steps 3 and 6 (mid-epoch: the resumed run must skip the consumed batches of epoch 1).
@@ -439,14 +440,16 @@ def test_tensorboard_logs_losses_lr_and_metrics(tmp_path):
 # --------------------------------------------------------------------------------------------------
 def _run_script(args: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *args], cwd=cwd, env=env,
+    # `msaf-hf train ...` as the README shows it (python -m msaf_hf: the same command without the installed script)
+    return subprocess.run([sys.executable, "-m", "msaf_hf", "train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_quickstart_command_short(tmp_path):
     """The README's command, shortened: trains, evaluates, saves, reloads and reports the reloaded mIoU."""
     result = _run_script(
-        ["--config", str(REPO_ROOT / "configuration" / "quickstart.yaml"), "--output_dir", "outputs/quickstart",
+        ["--config", "quickstart", "--output_dir", "outputs/quickstart",
          "--max_steps", "20", "--synthetic_num_train", "160", "--synthetic_num_eval", "8", "--eval_steps", "10",
          "--disable_tqdm"], tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -458,8 +461,8 @@ def test_quickstart_command_short(tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_command_full(tmp_path):
-    """`python scripts/train.py --config configuration/quickstart.yaml` as in the README (2-3 minutes)."""
-    result = _run_script(["--config", str(REPO_ROOT / "configuration" / "quickstart.yaml"), "--disable_tqdm"],
+    """`msaf-hf train --config quickstart` as in the README (2-3 minutes)."""
+    result = _run_script(["--config", "quickstart", "--disable_tqdm"],
                          tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     match = re.search(r"^quickstart mIoU: (\d\.\d{4}) \(reloaded from outputs/quickstart/final", result.stdout, re.M)
@@ -468,6 +471,7 @@ def test_quickstart_command_full(tmp_path):
     assert not math.isnan(float(match.group(1)))
 
 
+@pytest.mark.slow
 def test_push_to_hub_during_and_after_training(tmp_path, monkeypatch, local_hub_client):
     from huggingface_hub import HfApi
 
@@ -615,6 +619,7 @@ def test_two_runs_on_one_folder_the_second_is_refused_and_a_killed_run_is_taken_
     assert "Resumed from" in resumed.stderr and (out / "final" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_quickstart_twice_in_one_folder(tmp_path, monkeypatch, caplog):
     """The quickstart recipe sets overwrite_output_dir: running it again replaces the earlier run and succeeds."""
     from msaf_hf.training import main
@@ -633,6 +638,7 @@ def test_quickstart_twice_in_one_folder(tmp_path, monkeypatch, caplog):
     assert [p.name for p in list_checkpoints(tmp_path / "outputs" / "quickstart")] == ["checkpoint-1", "checkpoint-2"]
 
 
+@pytest.mark.slow
 def test_a_failed_final_push_fails_the_command(tmp_path, monkeypatch, local_hub_client):
     token = local_hub_client.add_token("me")
     monkeypatch.setenv("HF_TOKEN", token)
@@ -649,7 +655,7 @@ def test_a_failed_final_push_fails_the_command(tmp_path, monkeypatch, local_hub_
     message = str(exit_info.value.code)  # a message: the exit status is 1
     assert "final push to the Hub failed" in message and "503" in message
     retry = message.splitlines()[-1].strip()
-    assert retry.startswith("python ") and "push_to_hub.py" in retry and str(out / "final") in retry
+    assert retry.startswith("msaf-hf push ") and str(out / "final") in retry
     assert (out / "final" / "model.safetensors").is_file()  # the trained model stays on disk
 
     # The printed command pushes just the model once the Hub is back.
@@ -658,8 +664,8 @@ def test_a_failed_final_push_fails_the_command(tmp_path, monkeypatch, local_hub_
 
     words = shlex.split(retry)
     env = {**local_hub_client.client_env(token=token), "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run([sys.executable, *words[1:]], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-m", "msaf_hf", *words[1:]], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     from huggingface_hub import HfApi
 
