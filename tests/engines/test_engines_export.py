@@ -412,8 +412,6 @@ def test_pictures_from_an_exported_folder_match_the_torch_model(exported, tiny_m
 def test_old_spellings_of_the_quantization_scheme_still_work(caplog):
     """`--recipe` (export) and `--int8-recipes` (benchmark) are deprecated spellings; folders exported before the
     rename (`quantization.recipe` in config.json) still read, as `quantization.scheme`."""
-    import importlib.util
-
     from msaf_hf.engines import exporting
 
     args = exporting.build_parser().parse_args(["model", "out", "--recipe", "accurate"])
@@ -427,10 +425,7 @@ def test_old_spellings_of_the_quantization_scheme_still_work(caplog):
         exporting._quantization_scheme(exporting.build_parser().parse_args(
             ["model", "out", "--recipe", "naive", "--quantization_scheme", "accurate"]))
 
-    spec = importlib.util.spec_from_file_location("benchmark_script", Path(__file__).resolve().parents[2] / "scripts"
-                                                  / "benchmark.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    from msaf_hf.commands import benchmark
     for flag in ("--int8-recipes", "--quantization_schemes"):
         parsed = benchmark.build_parser().parse_args(["inference", flag, "naive", "accurate"])
         assert parsed.quantization_schemes == ["naive", "accurate"]
