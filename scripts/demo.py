@@ -3,6 +3,7 @@
 share of the image, the latency and MSAF's fusion maps.
 
     python scripts/demo.py outputs/dsnet-camvid/final [--examples img1.png img2.png] [--port 7860] [--device cuda]
+        [--sliding_window 512 1024 [--stride 344 688]]    # large images: logits averaged over overlapping windows
 
 Needs the `demo` extra: pip install -e '.[demo]'.
 """
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
     parser.add_argument("--size", default=None, help="model input size HxW or N (shorter side); default: native")
+    parser.add_argument("--sliding_window", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),
+                        help="sliding-window inference for large images (windows of this size, multiples of 8)")
+    parser.add_argument("--stride", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),
+                        help="sliding-window stride (default: 2/3 of the window)")
     parser.add_argument("--revision", default=None, help="Hub revision of the model")
     parser.add_argument("--trust-remote-code", action="store_true", help="load the checkpoint's own model code")
     parser.add_argument("--title", default="DSNet: see what DSNet sees", help="page title")
@@ -38,8 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     for example in args.examples:
         if not Path(example).is_file():
             parser.error(f"example image {example} does not exist")
-    segmenter = load_segmenter(args.model, device=args.device, size=args.size, revision=args.revision,
-                               trust_remote_code=args.trust_remote_code)
+    if args.stride is not None and args.sliding_window is None:
+        parser.error("--stride needs --sliding_window HEIGHT WIDTH")
+    window = {} if args.sliding_window is None else {"sliding_window": args.sliding_window, "stride": args.stride}
+    try:
+        segmenter = load_segmenter(args.model, device=args.device, size=args.size, revision=args.revision,
+                                   trust_remote_code=args.trust_remote_code, **window)
+    except ValueError as error:
+        if args.sliding_window is None:
+            raise
+        parser.error(f"--sliding_window/--stride: {error}")
     demo = build_demo(segmenter, examples=args.examples, title=args.title)
     print(f"DSNet demo of {args.model} on {segmenter.device}: http://{args.host}:{args.port}", flush=True)
     demo.launch(server_name=args.host, server_port=args.port, share=False, show_error=True)
