@@ -844,7 +844,7 @@ class DSNetPreTrainedModel(PreTrainedModel):
                 f"{fixed[0]}x{fixed[1]}, got {window[0]}x{window[1]}. Leave the window out to use the model's size."
             )
         if window[0] % 8 or window[1] % 8:
-            nearest = tuple(max(8, round(side / 8) * 8) for side in window)
+            nearest = tuple(-(-side // 8) * 8 for side in window)  # rounded up
             raise ValueError(
                 f"sliding window: the window {window[0]}x{window[1]} must have sides that are multiples of 8 (DSNet's "
                 f"features are at 1/8 of its input), e.g. {nearest[0]}x{nearest[1]}."
