@@ -109,7 +109,7 @@ def test_evaluate_command_runs_sliding_windows_at_native_size(tmp_path, monkeypa
         (["--sliding_window", "16"], r"--sliding_window takes two numbers, HEIGHT WIDTH, got \[16\]"),
         (["--sliding_window", "16", "16", "--stride", "8"], r"--stride takes two numbers"),
         (["--sliding_window", "16", "16", "--window_batch_size", "0"], r"--window_batch_size must be at least 1"),
-        (["--sliding_window", "20", "16"], r"--sliding_window/--stride: .*multiples of 8, e\.g\. 24x16"),
+        (["--sliding_window", "20", "16"], r"--sliding_window/--stride: .*multiples of 8.*e\.g\. 24x16"),
     ],
 )
 def test_bad_sliding_window_flags_are_clear_errors_before_any_data(tmp_path, flags, message, monkeypatch):
