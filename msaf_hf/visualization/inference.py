@@ -143,10 +143,10 @@ class Segmenter:
     def predict(self, images: Sequence[Image.Image], fusion_maps: bool = False) -> list[SegmentationResult]:
         """Segment a batch of RGB images (any sizes; images of equal input size run as one forward pass)."""
         images = [image.convert("RGB") for image in images]
-        if fusion_maps and not self.supports_fusion_maps:
-            raise ValueError("fusion maps need a DSNet model (they are its MSAF weights).")
         if fusion_maps and self.sliding_window is not None:
             raise ValueError("fusion maps are not available with sliding windows (each window has its own).")
+        if fusion_maps and not self.supports_fusion_maps:
+            raise ValueError("fusion maps need a DSNet model (they are its MSAF weights).")
         results: list[SegmentationResult | None] = [None] * len(images)
         start = time.perf_counter()
         tensors = [self._pixel_values(image) for image in images]
