@@ -719,6 +719,52 @@ def sliding_window_logits(
     return total.div_(row_counts[:, None] * column_counts[None, :])
 
 
+class DSNetSlidingWindow(nn.Module):
+    """A segmentation model whose forward runs `sliding_window_logits`: `SemanticSegmenterOutput` logits at the input
+    resolution, averaged over overlapping windows. Made by `model.with_sliding_window(window_size, stride)`, for
+    callers that only call `model(pixel_values=...)` (transformers' image-segmentation pipeline takes no forward
+    arguments, so this is how it runs windows). The wrapped model's `config`, `device` and `dtype` are its own.
+    Inference only (no labels, no extra outputs)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        window_size: int | Sequence[int] | None = None,
+        stride: int | Sequence[int] | None = None,
+        window_batch_size: int = 4,
+    ):
+        super().__init__()
+        if window_batch_size < 1:
+            raise ValueError(f"sliding window: window_batch_size must be at least 1, got {window_batch_size}.")
+        self.model = model
+        self.window_size, self.stride = model.resolve_sliding_window(window_size, stride)
+        self.window_batch_size = window_batch_size
+
+    @property
+    def config(self) -> DSNetConfig:
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None, **kwargs) -> SemanticSegmenterOutput:
+        unsupported = [key for key, value in kwargs.items() if value is not None and value is not False]
+        if unsupported:
+            raise ValueError(f"A sliding-window model returns logits only; {unsupported} are not available.")
+        logits = self.model.sliding_window_logits(
+            pixel_values, self.window_size, self.stride, window_batch_size=self.window_batch_size
+        )
+        return SemanticSegmenterOutput(logits=logits) if return_dict is not False else (logits,)
+
+    def extra_repr(self) -> str:
+        return f"window={self.window_size}, stride={self.stride}, window_batch_size={self.window_batch_size}"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Pretrained model base
 # ----------------------------------------------------------------------------------------------------------------
@@ -826,6 +872,17 @@ class DSNetPreTrainedModel(PreTrainedModel):
             self, pixel_values, window, strides, window_batch_size=window_batch_size,
             pad_to_window=self.fixed_input_size is not None, progress=progress,
         )
+
+    def with_sliding_window(
+        self,
+        window_size: int | Sequence[int] | None = None,
+        stride: int | Sequence[int] | None = None,
+        window_batch_size: int = 4,
+    ) -> DSNetSlidingWindow:
+        """This model with sliding windows in its forward (`DSNetSlidingWindow`), for code that only calls
+        `model(pixel_values=...)`, such as `pipeline("image-segmentation", model=model.with_sliding_window((512, 512)),
+        image_processor=AutoImageProcessor.from_pretrained(path, do_resize=False))`."""
+        return DSNetSlidingWindow(self, window_size, stride, window_batch_size)
 
     def resolve_sliding_window(
         self, window_size: int | Sequence[int] | None = None, stride: int | Sequence[int] | None = None
@@ -1169,6 +1226,7 @@ __all__ = [
     "DSNetPreTrainedModel",
     "DSNetModelOutput",
     "DSNetSemanticSegmenterOutput",
+    "DSNetSlidingWindow",
     "ohem_cross_entropy",
     "check_sliding_window",
     "default_window_stride",

@@ -238,3 +238,27 @@ def test_a_fixed_size_model_defaults_to_its_size_and_refuses_another(model, monk
                             self, pixel_values, **kw))
     result = model.sliding_window_logits(_image(1, 3, 24, 100))  # lower than the window: padded to 32x48
     assert result.shape == (1, 5, 24, 100) and set(seen) == {(32, 48)}
+
+
+def test_image_segmentation_pipeline_runs_windows_through_with_sliding_window(model):
+    import numpy as np
+    from PIL import Image
+    from transformers import pipeline
+
+    from msaf_hf import DSNetImageProcessor
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8))
+    processor = DSNetImageProcessor(do_resize=False)
+    windowed = model.with_sliding_window((32, 48), (16, 24))
+    assert windowed.config is model.config and windowed.window_size == (32, 48)
+    segments = pipeline("image-segmentation", model=windowed, image_processor=processor)(image)
+    pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
+    expected = model.sliding_window_logits(pixel_values, (32, 48), (16, 24))[0].argmax(0).numpy()
+    assert len(segments) == len(np.unique(expected)) > 1
+    for segment in segments:
+        label = model.config.label2id[segment["label"]]
+        np.testing.assert_array_equal(np.array(segment["mask"]) > 0, expected == label)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        model.with_sliding_window((30, 48))
+    with pytest.raises(ValueError, match=r"logits only; \['labels'\]"):
+        windowed(pixel_values=pixel_values, labels=torch.zeros(1, 70, 90, dtype=torch.long))
