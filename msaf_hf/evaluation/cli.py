@@ -80,7 +80,6 @@ class EvaluationArguments:
             raise ValueError(f"--window_batch_size must be at least 1, got {self.window_batch_size}.")
 
 
-
 def window_flags(
     sliding_window: Sequence[int] | None, stride: Sequence[int] | None
 ) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
