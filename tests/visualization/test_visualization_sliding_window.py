@@ -92,3 +92,28 @@ def test_demo_segmenter_with_sliding_windows(model_dir, tmp_path):
     np.testing.assert_array_equal(result.label_map, _expected(model_dir, path, (32, 32), (21, 21)))
     with pytest.raises(ValueError, match="fusion maps are not available with sliding windows"):
         segmenter.predict([Image.open(path)], fusion_maps=True)
+
+
+def test_demo_script_passes_the_window_to_the_segmenter_and_rejects_bad_flags(model_dir, monkeypatch, capsys):
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("demo_script", REPO_ROOT / "scripts" / "demo.py")
+    demo_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_script)
+    built = []
+
+    class NoLaunch:
+        def launch(self, **kwargs):
+            built.append(kwargs)
+
+    monkeypatch.setattr(demo_script, "build_demo", lambda segmenter, **kw: built.append(segmenter) or NoLaunch())
+    assert demo_script.main([str(model_dir), "--device", "cpu", "--sliding_window", "32", "48", "--stride",
+                             "16", "24"]) == 0
+    assert (built[0].sliding_window, built[0].stride) == ((32, 48), (16, 24))
+    for flags, message in ((["--stride", "8", "8"], "--stride needs --sliding_window"),
+                           (["--sliding_window", "30", "48"], "multiples of 8")):
+        with pytest.raises(SystemExit):
+            demo_script.main([str(model_dir), "--device", "cpu", *flags])
+        assert message in capsys.readouterr().err
