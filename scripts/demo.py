@@ -22,6 +22,11 @@ except ImportError:  # running from a source checkout without `pip install -e .`
 
 from msaf_hf.visualization.demo import build_demo
 from msaf_hf.visualization.inference import load_segmenter
+from msaf_hf.visualization.windows import (
+    add_sliding_window_arguments,
+    check_sliding_window_flags,
+    sliding_window_segmenter_kwargs,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,10 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
     parser.add_argument("--size", default=None, help="model input size HxW or N (shorter side); default: native")
-    parser.add_argument("--sliding_window", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),
-                        help="sliding-window inference for large images (windows of this size, multiples of 8)")
-    parser.add_argument("--stride", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),
-                        help="sliding-window stride (default: 2/3 of the window)")
+    add_sliding_window_arguments(parser, window_batch_size=False)
     parser.add_argument("--revision", default=None, help="Hub revision of the model")
     parser.add_argument("--trust-remote-code", action="store_true", help="load the checkpoint's own model code")
     parser.add_argument("--title", default="DSNet: see what DSNet sees", help="page title")
@@ -43,12 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     for example in args.examples:
         if not Path(example).is_file():
             parser.error(f"example image {example} does not exist")
-    if args.stride is not None and args.sliding_window is None:
-        parser.error("--stride needs --sliding_window HEIGHT WIDTH")
-    window = {} if args.sliding_window is None else {"sliding_window": args.sliding_window, "stride": args.stride}
+    try:
+        check_sliding_window_flags(args)
+    except ValueError as error:
+        parser.error(str(error))
     try:
         segmenter = load_segmenter(args.model, device=args.device, size=args.size, revision=args.revision,
-                                   trust_remote_code=args.trust_remote_code, **window)
+                                   trust_remote_code=args.trust_remote_code, **sliding_window_segmenter_kwargs(args))
     except ValueError as error:
         if args.sliding_window is None:
             raise

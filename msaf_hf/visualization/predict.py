@@ -41,6 +41,7 @@ from .rendering import (
     save_image,
     save_palette_mask,
 )
+from .windows import add_sliding_window_arguments, check_sliding_window_flags, sliding_window_segmenter_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -444,16 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("LOW", "HIGH"),
         help="fusion weights mapped to the two ends of the heatmap colours (default 0.3 0.7)",
     )
-    parser.add_argument(
-        "--sliding_window", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),
-        help="sliding-window inference for large images: logits averaged over overlapping windows of this size "
-        "(multiples of 8; images are then fed at their own size unless --size is given)",
-    )
-    parser.add_argument(
-        "--stride", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),
-        help="sliding-window stride (default: 2/3 of the window)",
-    )
-    parser.add_argument("--window_batch_size", type=int, default=4, help="sliding windows per forward pass")
+    add_sliding_window_arguments(parser)
     parser.add_argument("--revision", default=None, help="Hub revision of the model")
     parser.add_argument(
         "--trust_remote_code",
@@ -465,32 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def sliding_window_flag_error(args: argparse.Namespace) -> str | None:
-    """What is wrong with ``--sliding_window``/``--stride``/``--window_batch_size`` (None if nothing is)."""
-    from ..modeling_dsnet import check_sliding_window
-
-    if args.sliding_window is None:
-        return "--stride needs --sliding_window HEIGHT WIDTH (the window it moves)." if args.stride else None
-    if args.fusion_maps:
-        return "--fusion-maps is not available with --sliding_window (each window has its own maps)."
-    if args.window_batch_size < 1:
-        return f"--window_batch_size must be >= 1, got {args.window_batch_size}"
-    try:
-        check_sliding_window(tuple(args.sliding_window), None if args.stride is None else tuple(args.stride))
-    except ValueError as error:
-        return f"--sliding_window/--stride: {error}"
-    return None
-
-
 def load_model_for_prediction(args: argparse.Namespace) -> Segmenter:
     """Where ``predict.py`` loads its model (swap in other model formats here)."""
-    window = {}
-    if args.sliding_window is not None:
-        window = {"sliding_window": tuple(args.sliding_window), "stride": args.stride,
-                  "window_batch_size": args.window_batch_size, "window_progress": not args.no_progress}
     return load_segmenter(
         args.model, device=args.device, size=args.size, revision=args.revision,
-        trust_remote_code=args.trust_remote_code, **window,
+        trust_remote_code=args.trust_remote_code, **sliding_window_segmenter_kwargs(args),
     )
 
 
@@ -510,14 +481,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1:
         print(f"error: --batch_size must be >= 1, got {args.batch_size}", file=sys.stderr)
         return 2
-    window_error = sliding_window_flag_error(args)
-    if window_error:
-        print(f"error: {window_error}", file=sys.stderr)
-        return 2
     if not args.inputs and args.dataset is None:
         print("error: give images, videos, folders or globs to predict, or --dataset", file=sys.stderr)
         return 2
     try:
+        check_sliding_window_flags(args)
         items, folders = collect_inputs(args.inputs)
         if args.dataset is not None and Path(args.dataset).is_dir():
             folders.append(Path(args.dataset))  # the output folder must not be inside it either

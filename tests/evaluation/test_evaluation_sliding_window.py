@@ -117,7 +117,7 @@ def test_bad_sliding_window_flags_are_clear_errors_before_any_data(tmp_path, fla
     DSNetForSemanticSegmentation(load_preset("dsnet", base_channels=4, num_labels=4)).save_pretrained(tmp_path / "m")
     import msaf_hf.evaluation.cli as cli
 
-    monkeypatch.setattr(cli, "load_segmentation_data", lambda *a, **k: pytest.fail("data loaded before the check"))
+    monkeypatch.setattr(cli, "load_evaluation_data", lambda *a, **k: pytest.fail("data loaded before the check"))
     with pytest.raises(ValueError, match=message):
         main(["--model_name_or_path", str(tmp_path / "m"), "--synthetic", "--output_file",
               str(tmp_path / "x.json"), *flags])
