@@ -16,7 +16,7 @@ configuration file.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -582,6 +582,190 @@ class DSNetSemanticSegmenterOutput(SemanticSegmenterOutput):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Sliding-window inference
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Starts of the windows along one side: every `stride`, the last one moved back to end at the image's edge
+    (so no window hangs over it); a single window at 0 when the side is not longer than the window."""
+    if size <= window:
+        return [0]
+    count = -(-(size - window) // stride) + 1  # ceil((size - window) / stride) + 1 windows reach the edge
+    return [min(index * stride, size - window) for index in range(count)]
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    values = (value, value) if isinstance(value, int) else tuple(value)
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"sliding window: {name} must be an int or (height, width) ints, got {value!r}.")
+    if min(values) <= 0:
+        raise ValueError(f"sliding window: {name} must be positive, got {values[0]}x{values[1]}.")
+    return values[0], values[1]
+
+
+def default_window_stride(window_size: int | Sequence[int]) -> tuple[int, int]:
+    """The default stride of a sliding window: 2/3 of each side, rounded down (windows overlap by a third)."""
+    height, width = _pair(window_size, "window_size")
+    return max(1, 2 * height // 3), max(1, 2 * width // 3)
+
+
+def check_sliding_window(
+    window_size: int | Sequence[int], stride: int | Sequence[int] | None = None
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Validate a window and stride; returns `((height, width), (stride_height, stride_width))`, the stride
+    defaulting to `default_window_stride(window_size)`. Raises `ValueError` naming the bad value."""
+    window = _pair(window_size, "window_size")
+    strides = default_window_stride(window) if stride is None else _pair(stride, "stride")
+    if strides[0] > window[0] or strides[1] > window[1]:
+        raise ValueError(
+            f"sliding window: the stride {strides[0]}x{strides[1]} is larger than the window {window[0]}x{window[1]}: "
+            "pixels between windows would get no prediction. Use a stride no larger than the window (default: 2/3 "
+            "of it)."
+        )
+    return window, strides
+
+
+@torch.no_grad()
+def sliding_window_logits(
+    model: Callable[..., object],
+    pixel_values: torch.Tensor,
+    window_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    *,
+    window_batch_size: int = 4,
+    pad_to_window: bool = False,
+    pad_value: float = 0.0,
+    progress: bool | Callable[[int, int], None] = False,
+) -> torch.Tensor:
+    """Class scores of a large image from overlapping windows, as mmsegmentation's `mode='slide'`.
+
+    The image is covered by windows of `window_size` every `stride` pixels (default: 2/3 of the window); the last
+    window of each row and column is moved back to end at the image's edge. Each window's logits are upsampled
+    bilinearly to the window's size and added into a running sum at the image's resolution; each pixel's sum is
+    divided by the number of windows that covered it. Only that sum (`num_labels x H x W` per image) and one batch of
+    `window_batch_size` windows are held at a time, never every window's activations.
+
+    Where the image is smaller than the window along a side, the window shrinks to the image (the model sees the
+    whole side, as in whole-image inference), or, with `pad_to_window=True` (models fixed to one input size, such as
+    an ONNX export), the window is padded at the bottom/right with `pad_value` (0: the normalised mean colour) and
+    its logits are cropped back to the image. A window covering the whole image gives exactly whole-image inference
+    upsampled to the image size.
+
+    Args:
+        model: called as `model(pixel_values=windows)`; returns an output with `logits` (or a tuple/tensor whose first
+            element is the logits), `(batch, num_labels, h, w)` at any resolution.
+        pixel_values: `(batch, channels, height, width)` preprocessed images (the image processor without resizing).
+        window_size, stride: `(height, width)` or one int for both.
+        window_batch_size: windows per forward pass.
+        pad_to_window: pad windows that do not fit the image instead of shrinking them.
+        progress: True for a progress bar over the windows, or a callback `(windows_done, windows_total)`.
+
+    Returns float32 logits `(batch, num_labels, height, width)` at the input resolution, on the input's device.
+    Runs under `torch.no_grad()`; call it with the model in eval mode.
+    """
+    (window_h, window_w), (stride_h, stride_w) = check_sliding_window(window_size, stride)
+    if window_batch_size < 1:
+        raise ValueError(f"sliding window: window_batch_size must be at least 1, got {window_batch_size}.")
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+        shape = tuple(pixel_values.shape) if hasattr(pixel_values, "shape") else type(pixel_values).__name__
+        raise ValueError(f"sliding window: pixel_values must be (batch, channels, height, width), got {shape}.")
+    batch, _, height, width = pixel_values.shape
+    if min(batch, height, width) == 0:
+        raise ValueError(f"sliding window: pixel_values is empty, shape {tuple(pixel_values.shape)}.")
+    rows, columns = _window_starts(height, window_h, stride_h), _window_starts(width, window_w, stride_w)
+    crop_h, crop_w = min(window_h, height), min(window_w, width)
+    windows = [(image, top, left) for image in range(batch) for top in rows for left in columns]
+    # Every pixel's window count is (windows covering its row) x (windows covering its column): the windows form a
+    # grid, so two 1-D counts replace an H x W count map.
+    row_counts = torch.zeros(height, device=pixel_values.device)
+    column_counts = torch.zeros(width, device=pixel_values.device)
+    for top in rows:
+        row_counts[top : top + crop_h] += 1
+    for left in columns:
+        column_counts[left : left + crop_w] += 1
+    callback = progress if callable(progress) else None
+    bar = None
+    if progress is True:
+        from transformers.utils.logging import tqdm
+
+        bar = tqdm(total=len(windows), desc="sliding windows", unit="window", leave=False)
+    total: torch.Tensor | None = None
+    try:
+        for first in range(0, len(windows), window_batch_size):
+            chunk = windows[first : first + window_batch_size]
+            crops = torch.stack([pixel_values[i, :, t : t + crop_h, s : s + crop_w] for i, t, s in chunk])
+            if pad_to_window and (crop_h, crop_w) != (window_h, window_w):
+                crops = F.pad(crops, (0, window_w - crop_w, 0, window_h - crop_h), value=pad_value)
+            outputs = model(pixel_values=crops)
+            logits = outputs.logits if hasattr(outputs, "logits") else outputs
+            logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+            if not isinstance(logits, torch.Tensor) or logits.ndim != 4:
+                raise TypeError("sliding window: the model must return logits of shape (batch, classes, h, w).")
+            logits = F.interpolate(logits.float(), size=crops.shape[-2:], mode="bilinear", align_corners=False)
+            logits = logits[..., :crop_h, :crop_w].to(pixel_values.device)
+            if total is None:
+                total = torch.zeros(batch, logits.shape[1], height, width, device=pixel_values.device)
+            for (image, top, left), window_logits in zip(chunk, logits, strict=True):
+                total[image, :, top : top + crop_h, left : left + crop_w] += window_logits
+            del crops, outputs, logits  # free this batch before the next one is built
+            if bar is not None:
+                bar.update(len(chunk))
+            if callback is not None:
+                callback(first + len(chunk), len(windows))
+    finally:
+        if bar is not None:
+            bar.close()
+    return total.div_(row_counts[:, None] * column_counts[None, :])
+
+
+class DSNetSlidingWindow(nn.Module):
+    """A segmentation model whose forward runs `sliding_window_logits`: `SemanticSegmenterOutput` logits at the input
+    resolution, averaged over overlapping windows. Made by `model.with_sliding_window(window_size, stride)`, for
+    callers that only call `model(pixel_values=...)` (transformers' image-segmentation pipeline takes no forward
+    arguments, so this is how it runs windows). The wrapped model's `config`, `device` and `dtype` are its own.
+    Inference only (no labels, no extra outputs)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        window_size: int | Sequence[int] | None = None,
+        stride: int | Sequence[int] | None = None,
+        window_batch_size: int = 4,
+    ):
+        super().__init__()
+        if window_batch_size < 1:
+            raise ValueError(f"sliding window: window_batch_size must be at least 1, got {window_batch_size}.")
+        self.model = model
+        self.window_size, self.stride = model.resolve_sliding_window(window_size, stride)
+        self.window_batch_size = window_batch_size
+
+    @property
+    def config(self) -> DSNetConfig:
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None, **kwargs) -> SemanticSegmenterOutput:
+        unsupported = [key for key, value in kwargs.items() if value is not None and value is not False]
+        if unsupported:
+            raise ValueError(f"A sliding-window model returns logits only; {unsupported} are not available.")
+        logits = self.model.sliding_window_logits(
+            pixel_values, self.window_size, self.stride, window_batch_size=self.window_batch_size
+        )
+        return SemanticSegmenterOutput(logits=logits) if return_dict is not False else (logits,)
+
+    def extra_repr(self) -> str:
+        return f"window={self.window_size}, stride={self.stride}, window_batch_size={self.window_batch_size}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Pretrained model base
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -660,6 +844,69 @@ class DSNetPreTrainedModel(PreTrainedModel):
                 )
             model.to(memory_format=torch.channels_last)
         return (model, info) if output_loading_info else model
+
+    @property
+    def fixed_input_size(self) -> tuple[int, int] | None:
+        """The only `(height, width)` the model accepts, or None where it takes any size (the PyTorch model;
+        the engine models of `msaf_hf.engines` exported at a fixed size override it)."""
+        return None
+
+    def sliding_window_logits(
+        self,
+        pixel_values: torch.Tensor,
+        window_size: int | Sequence[int] | None = None,
+        stride: int | Sequence[int] | None = None,
+        *,
+        window_batch_size: int = 4,
+        progress: bool | Callable[[int, int], None] = False,
+    ) -> torch.Tensor:
+        """Logits of images of any size at the input resolution, averaged over overlapping windows: see
+        `sliding_window_logits` (the module function) for the method. For large images or a model fixed to one input
+        size: `model.sliding_window_logits(pixel_values, (512, 1024))` gives `(batch, num_labels, H, W)` float32.
+
+        `window_size` (`(height, width)`, multiples of 8: DSNet's features are at 1/8 of its input) defaults to
+        `fixed_input_size`, which is then the only size allowed, and windows that do not fit the image are padded.
+        `stride` defaults to 2/3 of the window. Call it in eval mode (it runs under `torch.no_grad()`)."""
+        window, strides = self.resolve_sliding_window(window_size, stride)
+        return sliding_window_logits(
+            self, pixel_values, window, strides, window_batch_size=window_batch_size,
+            pad_to_window=self.fixed_input_size is not None, progress=progress,
+        )
+
+    def with_sliding_window(
+        self,
+        window_size: int | Sequence[int] | None = None,
+        stride: int | Sequence[int] | None = None,
+        window_batch_size: int = 4,
+    ) -> DSNetSlidingWindow:
+        """This model with sliding windows in its forward (`DSNetSlidingWindow`), for code that only calls
+        `model(pixel_values=...)`, such as `pipeline("image-segmentation", model=model.with_sliding_window((512, 512)),
+        image_processor=AutoImageProcessor.from_pretrained(path, do_resize=False))`."""
+        return DSNetSlidingWindow(self, window_size, stride, window_batch_size)
+
+    def resolve_sliding_window(
+        self, window_size: int | Sequence[int] | None = None, stride: int | Sequence[int] | None = None
+    ) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The window and stride `sliding_window_logits` would use, checked against this model (see there); raises
+        `ValueError` naming the bad value. Lets a command line check its flags before any work."""
+        fixed = self.fixed_input_size
+        if window_size is None:
+            if fixed is None:
+                raise ValueError("sliding_window_logits: pass window_size=(height, width); this model takes any size.")
+            window_size = fixed
+        window, strides = check_sliding_window(window_size, stride)
+        if fixed is not None and window != tuple(fixed):
+            raise ValueError(
+                f"sliding window: this model takes {fixed[0]}x{fixed[1]} inputs only, so its window must be "
+                f"{fixed[0]}x{fixed[1]}, got {window[0]}x{window[1]}. Leave the window out to use the model's size."
+            )
+        if window[0] % 8 or window[1] % 8:
+            nearest = tuple(-(-side // 8) * 8 for side in window)  # rounded up
+            raise ValueError(
+                f"sliding window: the window {window[0]}x{window[1]} must have sides that are multiples of 8 (DSNet's "
+                f"features are at 1/8 of its input), e.g. {nearest[0]}x{nearest[1]}."
+            )
+        return window, strides
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         if not isinstance(pixel_values, torch.Tensor):
@@ -979,5 +1226,9 @@ __all__ = [
     "DSNetPreTrainedModel",
     "DSNetModelOutput",
     "DSNetSemanticSegmenterOutput",
+    "DSNetSlidingWindow",
     "ohem_cross_entropy",
+    "check_sliding_window",
+    "default_window_stride",
+    "sliding_window_logits",
 ]

@@ -12,7 +12,8 @@ pool: the exporter turns MSAF's context pools into fixed average pools). The bat
 
 The engine models subclass transformers' `PreTrainedModel` (with no parameters), so they have a `config`, work in
 `scripts/evaluate.py` and in `pipeline("image-segmentation", model=..., image_processor=...)`; they run on the CPU
-and return CPU tensors.
+and return CPU tensors. Like the PyTorch model they have `sliding_window_logits`: a fixed-size export segments any
+image through windows of its size (`fixed_input_size`), padded where the image is smaller.
 """
 
 from __future__ import annotations
@@ -122,6 +123,11 @@ class EngineSegmenter(DSNetPreTrainedModel):
     def dtype(self) -> torch.dtype:
         return torch.float32
 
+    @property
+    def fixed_input_size(self) -> tuple[int, int] | None:
+        # A fixed-size export takes any image through `sliding_window_logits`: windows of this size, padded.
+        return self.spec.input_size
+
     def _init_weights(self, module: torch.nn.Module) -> None:  # nothing to initialise
         pass
 
@@ -175,8 +181,10 @@ class EngineSegmenter(DSNetPreTrainedModel):
             raise ValueError(
                 f"This {self.engine_name} export of {str(self.folder)!r} takes {height}x{width} images only (ONNX has "
                 f"no adaptive average pool, so MSAF's context pools were fixed at export), got {size[0]}x{size[1]}. "
-                f"Resize the input to {height}x{width} (the folder's image processor does), export again with "
-                f"--height {size[0]} --width {size[1]}, or export with --engine openvino, which takes any size."
+                f"Resize the input to {height}x{width} (the folder's image processor does), run larger images "
+                f"through {height}x{width} windows (model.sliding_window_logits, --sliding_window {height} {width}), "
+                f"export again with --height {size[0]} --width {size[1]}, or export with --engine openvino, which "
+                "takes any size."
             )
         if min(size) < 8:
             raise ValueError(f"pixel_values must be at least 8x8 pixels, got {size[0]}x{size[1]}.")

@@ -21,6 +21,7 @@ import torch
 
 from ..data import DataArguments, SegmentationDataset, color_table_from_config, load_id2label_file, load_split
 from ..image_processing_dsnet import DSNetImageProcessor
+from ..modeling_dsnet import check_sliding_window
 from ..recipes import parse_command_line
 from ..results import dataset_description, write_results_file
 from .evaluator import accelerator_available, evaluate, format_results_table, results_to_json
@@ -34,6 +35,8 @@ __all__ = [
     "load_evaluation_data",
     "load_evaluation_model",
     "main",
+    "sliding_window_description",
+    "window_flags",
     "write_evaluation_results",
 ]
 
@@ -61,7 +64,42 @@ class EvaluationArguments:
     )
     channels_last: bool = field(default=False, metadata={"help": "Use channels-last memory format."})
     use_cpu: bool = field(default=False, metadata={"help": "Evaluate on the CPU even if an accelerator is present."})
+    sliding_window: list[int] | None = field(
+        default=None,
+        metadata={"help": "Sliding-window inference: window height width (multiples of 8; logits averaged over "
+                  "overlapping windows). Without --eval_size the images are evaluated at native size."},
+    )
+    stride: list[int] | None = field(
+        default=None, metadata={"help": "Sliding-window stride: height width (default: 2/3 of the window)."}
+    )
+    window_batch_size: int = field(default=4, metadata={"help": "Sliding windows per forward pass."})
 
+    def __post_init__(self) -> None:
+        self.sliding_window, self.stride = window_flags(self.sliding_window, self.stride)
+        if self.window_batch_size < 1:
+            raise ValueError(f"--window_batch_size must be at least 1, got {self.window_batch_size}.")
+
+
+def window_flags(
+    sliding_window: Sequence[int] | None, stride: Sequence[int] | None
+) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """``--sliding_window H W`` and ``--stride H W`` checked (positive, stride no larger than the window, a stride
+    only with a window) and as tuples; the stride defaults to 2/3 of the window. Raises ``ValueError`` naming the
+    flag."""
+    if sliding_window is None:
+        if stride is not None:
+            raise ValueError("--stride needs --sliding_window HEIGHT WIDTH (the window it moves).")
+        return None, None
+    for flag, values in (("--sliding_window", sliding_window), ("--stride", stride)):
+        if values is not None and len(values) != 2:
+            raise ValueError(f"{flag} takes two numbers, HEIGHT WIDTH, got {list(values)}.")
+    try:
+        window, strides = check_sliding_window(
+            tuple(int(v) for v in sliding_window), None if stride is None else tuple(int(v) for v in stride)
+        )
+    except ValueError as error:
+        raise ValueError(f"--sliding_window/--stride: {error}") from None
+    return window, strides
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -83,6 +121,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         level=logging.INFO if accelerator.is_main_process else logging.WARNING)
 
     model = load_evaluation_model(eval_args, accelerator)
+    if eval_args.sliding_window is not None and hasattr(model, "resolve_sliding_window"):
+        try:  # DSNet's own rules (multiples of 8, a fixed-size export's size), before any data is loaded
+            model.resolve_sliding_window(eval_args.sliding_window, eval_args.stride)
+        except ValueError as error:
+            raise ValueError(f"--sliding_window/--stride: {error}") from None
     image_processor, preprocessing = evaluation_image_processor(eval_args, data_args)
     with accelerator.main_process_first():
         dataset = load_evaluation_data(data_args, model.config.id2label, image_processor, model_config=model.config)
@@ -90,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model, dataset, accelerator=accelerator, batch_size=eval_args.per_device_eval_batch_size,
         num_workers=data_args.num_workers, flip=eval_args.flip, scales=eval_args.scales,
         channels_last=eval_args.channels_last, id2label={int(k): v for k, v in model.config.id2label.items()},
-        ignore_index=data_args.ignore_index,
+        ignore_index=data_args.ignore_index, sliding_window=eval_args.sliding_window, stride=eval_args.stride,
+        window_batch_size=eval_args.window_batch_size,
     )
     payload = results_to_json(
         result,
@@ -98,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         **dataset_description(data_args),
         eval_size=preprocessing,
         test_time_augmentation={"flip": eval_args.flip, "scales": list(eval_args.scales)},
+        **sliding_window_description(eval_args),
         num_processes=accelerator.num_processes,
     )
     if accelerator.is_main_process:
@@ -120,6 +165,14 @@ def load_evaluation_model(eval_args: EvaluationArguments, accelerator: Any) -> t
     if eval_args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def sliding_window_description(eval_args: EvaluationArguments) -> dict[str, Any]:
+    """The ``sliding_window`` entry of the results (window, stride, windows per forward), or nothing."""
+    if eval_args.sliding_window is None:
+        return {}
+    return {"sliding_window": {"window": list(eval_args.sliding_window), "stride": list(eval_args.stride),
+                               "window_batch_size": eval_args.window_batch_size}}
 
 
 def write_evaluation_results(payload: dict[str, Any], output_file: str | None) -> Path:
@@ -146,6 +199,10 @@ def evaluation_image_processor(eval_args: EvaluationArguments, data_args: DataAr
             "--eval_size to resize).", eval_args.model_name_or_path,
         )
         return None, "native"
+    if eval_args.sliding_window is not None and processor.do_resize:
+        # Windows are for images larger than the model's input: resizing them to it would leave one window.
+        logger.info("Sliding windows: evaluating at native size, not the checkpoint's (pass --eval_size to resize).")
+        processor.do_resize = False
     size = processor.to_dict()["size"] if processor.do_resize else "native"
     logger.info("Preprocessing from %s: size %s", eval_args.model_name_or_path, size)
     return processor, size

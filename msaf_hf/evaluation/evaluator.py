@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data import collate_fn
 from ..image_processing_dsnet import label_map_from_scores, resize_scores
+from ..modeling_dsnet import sliding_window_logits
 from ..results import eval_results
 from .metrics import SegmentationConfusionMatrix
 
@@ -46,6 +47,7 @@ __all__ = [
     "process_info",
     "results_to_json",
     "shard_indices",
+    "window_logits",
 ]
 
 
@@ -65,13 +67,18 @@ def predict(
     output_size: Sequence[int] | None = None,
     flip: bool = False,
     scales: Sequence[float] = (1.0,),
+    sliding_window: Sequence[int] | None = None,
+    stride: Sequence[int] | None = None,
+    window_batch_size: int = 4,
 ) -> torch.Tensor:
     """Class scores ``(N, C, H, W)`` at ``output_size`` (default: the input size), float32.
 
     Without test-time augmentation these are the model's logits, upsampled bilinearly (``align_corners=False``).
     With ``flip`` and/or several ``scales``, each view's input is resized bilinearly by the scale (and flipped),
     its logits are upsampled to ``output_size`` (and flipped back), and the softmax probabilities of all views
-    are averaged. Call under ``torch.no_grad()`` / ``inference_mode()`` with the model in eval mode.
+    are averaged. With ``sliding_window`` ``(H, W)`` each view's logits are averaged over overlapping windows of
+    that size every ``stride`` (:func:`window_logits`). Call under ``torch.no_grad()`` / ``inference_mode()`` with
+    the model in eval mode.
     """
     scales = [float(s) for s in scales] or [1.0]
     if any(s <= 0 for s in scales):
@@ -88,7 +95,10 @@ def predict(
             inputs = F.interpolate(pixel_values, size=scaled, mode="bilinear", align_corners=False)
         for flipped in (False, True) if flip else (False,):
             view = inputs.flip(-1) if flipped else inputs
-            logits = model(pixel_values=view).logits.float()
+            if sliding_window is None:
+                logits = model(pixel_values=view).logits.float()
+            else:
+                logits = window_logits(model, view, sliding_window, stride, window_batch_size=window_batch_size)
             logits = resize_scores(logits, size)
             if flipped:
                 logits = logits.flip(-1)
@@ -98,6 +108,29 @@ def predict(
             total = probabilities if total is None else total + probabilities
             views += 1
     return total / views
+
+
+def window_logits(
+    model: torch.nn.Module,
+    pixel_values: torch.Tensor,
+    window_size: Sequence[int] | None,
+    stride: Sequence[int] | None = None,
+    *,
+    window_batch_size: int = 4,
+    progress: Any = False,
+) -> torch.Tensor:
+    """Logits at the input resolution averaged over sliding windows: the model's own ``sliding_window_logits``
+    (DSNet and the engine models: it checks the window against the model), else
+    :func:`msaf_hf.modeling_dsnet.sliding_window_logits` for any model returning ``logits``."""
+    method = getattr(model, "sliding_window_logits", None)
+    if method is not None:
+        return method(pixel_values, window_size, stride, window_batch_size=window_batch_size, progress=progress)
+    if window_size is None:
+        raise ValueError("sliding window: pass the window size (height, width).")
+    return sliding_window_logits(
+        model, pixel_values, tuple(window_size), None if stride is None else tuple(stride),
+        window_batch_size=window_batch_size, progress=progress,
+    )
 
 
 @dataclass
@@ -132,12 +165,16 @@ def evaluate(
     id2label: dict[int, str] | None = None,
     ignore_index: int | None = None,
     show_progress: bool = True,
+    sliding_window: Sequence[int] | None = None,
+    stride: Sequence[int] | None = None,
+    window_batch_size: int = 4,
 ) -> EvaluationResult:
     """Score ``model`` on ``dataset`` (see the module docstring). Every process must call it.
 
     ``model`` should be the unwrapped model (``accelerator.unwrap_model``): a DDP wrapper would synchronise
     buffers in each forward, which deadlocks when shards differ in size. Inputs go to ``accelerator.device``
-    (or the model's device). ``id2label`` and ``ignore_index`` default to the model config's.
+    (or the model's device). ``id2label`` and ``ignore_index`` default to the model config's. ``sliding_window``,
+    ``stride`` and ``window_batch_size``: sliding-window inference (see :func:`predict`).
     The model's training/eval mode is restored afterwards.
     """
     from tqdm.auto import tqdm
@@ -168,7 +205,8 @@ def evaluate(
             labels = batch["labels"].to(device, non_blocking=True)
             if channels_last:
                 pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-            scores = predict(model, pixel_values, labels.shape[-2:], flip=flip, scales=scales)
+            scores = predict(model, pixel_values, labels.shape[-2:], flip=flip, scales=scales,
+                             sliding_window=sliding_window, stride=stride, window_batch_size=window_batch_size)
             metric.update(label_map_from_scores(scores, dim=1), labels)
     finally:
         model.train(was_training)

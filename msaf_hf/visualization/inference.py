@@ -82,7 +82,11 @@ class Segmenter:
             ``output_attentions=True``, DSNet's three MSAF weight maps as ``attentions``.
         image_processor: the model's image processor (``AutoImageProcessor``).
         device: where to run (default: `resolve_device`).
-        size: input size: ``(H, W)``, or an int for the shorter side (aspect kept); default: the processor's.
+        size: input size: ``(H, W)``, or an int for the shorter side (aspect kept); default: the processor's
+            (with ``sliding_window``: the image's own size).
+        sliding_window: ``(H, W)``: logits averaged over overlapping windows of that size (the model's
+            ``sliding_window_logits``), for images larger than the model's input; ``stride`` ``(H, W)`` defaults to
+            2/3 of the window, ``window_batch_size`` windows run per forward pass, ``window_progress`` shows a bar.
     """
 
     def __init__(
@@ -92,11 +96,22 @@ class Segmenter:
         *,
         device: str | torch.device | None = None,
         size: tuple[int, int] | int | None = None,
+        sliding_window: Sequence[int] | None = None,
+        stride: Sequence[int] | None = None,
+        window_batch_size: int = 4,
+        window_progress: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.image_processor = image_processor
         self.size = parse_image_size(size)
+        self.sliding_window, self.stride = None, None
+        if sliding_window is not None:
+            if not hasattr(model, "resolve_sliding_window"):
+                raise ValueError("sliding windows need a DSNet model or an msaf_hf engine model.")
+            self.sliding_window, self.stride = model.resolve_sliding_window(tuple(sliding_window), stride)
+        self.window_batch_size = window_batch_size
+        self.window_progress = window_progress
         config = model.config
         self.id2label = {int(k): str(v) for k, v in config.id2label.items()}
         self.num_labels = int(config.num_labels)
@@ -104,14 +119,20 @@ class Segmenter:
 
     @property
     def supports_fusion_maps(self) -> bool:
-        # An exported engine (msaf_hf.engines) returns logits only.
-        return getattr(self.model.config, "model_type", None) == "dsnet" and not hasattr(self.model, "engine_name")
+        # An exported engine (msaf_hf.engines) returns logits only; with sliding windows each window has its maps.
+        return (
+            getattr(self.model.config, "model_type", None) == "dsnet"
+            and not hasattr(self.model, "engine_name")
+            and self.sliding_window is None
+        )
 
     def _pixel_values(self, image: Image.Image) -> torch.Tensor:
         kwargs: dict[str, Any] = {}
         if self.size is not None:
             height, width = _target_size(image.size, self.size)
             kwargs = {"do_resize": True, "size": {"height": height, "width": width}}
+        elif self.sliding_window is not None:  # the windows cover the image at its own size
+            kwargs = {"do_resize": False}
         return self.image_processor(images=image, return_tensors="pt", **kwargs)["pixel_values"]
 
     def _synchronize(self) -> None:
@@ -122,6 +143,8 @@ class Segmenter:
     def predict(self, images: Sequence[Image.Image], fusion_maps: bool = False) -> list[SegmentationResult]:
         """Segment a batch of RGB images (any sizes; images of equal input size run as one forward pass)."""
         images = [image.convert("RGB") for image in images]
+        if fusion_maps and self.sliding_window is not None:
+            raise ValueError("fusion maps are not available with sliding windows (each window has its own).")
         if fusion_maps and not self.supports_fusion_maps:
             raise ValueError("fusion maps need a DSNet model (they are its MSAF weights).")
         results: list[SegmentationResult | None] = [None] * len(images)
@@ -135,8 +158,14 @@ class Segmenter:
             start = time.perf_counter()
             pixel_values = torch.cat([tensors[i] for i in indices]).to(self.device)
             kwargs = {"output_attentions": True} if fusion_maps else {}
-            outputs = self.model(pixel_values=pixel_values, **kwargs)
-            logits = outputs.logits.float()
+            if self.sliding_window is not None:
+                outputs, logits = None, self.model.sliding_window_logits(
+                    pixel_values, self.sliding_window, self.stride, window_batch_size=self.window_batch_size,
+                    progress=self.window_progress,
+                )
+            else:
+                outputs = self.model(pixel_values=pixel_values, **kwargs)
+                logits = outputs.logits.float()
             # The image processor owns logits -> label map (upsampling to each image's size, then class ids).
             maps = self.image_processor.post_process_semantic_segmentation(
                 SemanticSegmenterOutput(logits=logits), target_sizes=[images[index].size[::-1] for index in indices]
@@ -163,13 +192,14 @@ def load_segmenter(
     revision: str | None = None,
     trust_remote_code: bool = False,
     token: str | bool | None = None,
+    **segmenter_kwargs: Any,
 ) -> Segmenter:
     """Load a model for pictures: any ``from_pretrained`` source (a local folder or a Hub repo id).
 
     This is the single place where ``scripts/predict.py`` and the demo load a model; other model formats (e.g.
     exported inference engines) plug in here by returning a `Segmenter`-compatible object.
     ``trust_remote_code=True`` loads the model code shipped with the checkpoint (needed where ``msaf_hf`` is not
-    installed, e.g. in a Space).
+    installed, e.g. in a Space). ``segmenter_kwargs`` go to `Segmenter` (``sliding_window``, ``stride``, ...).
     """
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
@@ -188,7 +218,7 @@ def load_segmenter(
             f"{source!r} has no usable image processor (preprocessor_config.json): {error}. Save one beside the "
             "model (image_processor.save_pretrained(folder)) so that inputs are normalised as in training."
         ) from error
-    return Segmenter(model, image_processor, device=device, size=parse_image_size(size))
+    return Segmenter(model, image_processor, device=device, size=parse_image_size(size), **segmenter_kwargs)
 
 
 def _exported_engine_model(source: str) -> Any:

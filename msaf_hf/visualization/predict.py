@@ -41,6 +41,7 @@ from .rendering import (
     save_image,
     save_palette_mask,
 )
+from .windows import add_sliding_window_arguments, check_sliding_window_flags, sliding_window_segmenter_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -445,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("LOW", "HIGH"),
         help="fusion weights mapped to the two ends of the heatmap colours (default 0.3 0.7)",
     )
+    add_sliding_window_arguments(parser)
     parser.add_argument("--revision", default=None, help="Hub revision of the model")
     parser.add_argument(
         "--trust_remote_code",
@@ -459,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
 def load_model_for_prediction(args: argparse.Namespace) -> Segmenter:
     """Where ``predict.py`` loads its model (swap in other model formats here)."""
     return load_segmenter(
-        args.model, device=args.device, size=args.size, revision=args.revision, trust_remote_code=args.trust_remote_code
+        args.model, device=args.device, size=args.size, revision=args.revision,
+        trust_remote_code=args.trust_remote_code, **sliding_window_segmenter_kwargs(args),
     )
 
 
@@ -483,6 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: give images, videos, folders or globs to predict, or --dataset", file=sys.stderr)
         return 2
     try:
+        check_sliding_window_flags(args)
         items, folders = collect_inputs(args.inputs)
         if args.dataset is not None and Path(args.dataset).is_dir():
             folders.append(Path(args.dataset))  # the output folder must not be inside it either
@@ -506,7 +510,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     summary = PredictionSummary(skipped=[(item.path, reason) for item, reason in unreadable])
-    segmenter = load_model_for_prediction(args)
+    try:
+        segmenter = load_model_for_prediction(args)
+    except ValueError as error:
+        if args.sliding_window is None:
+            raise
+        print(f"error: --sliding_window/--stride: {error}", file=sys.stderr)  # the model's own rules
+        return 2
     dataset = None
     if args.dataset is not None:
         try:
