@@ -83,6 +83,7 @@ class Segmenter:
         image_processor: the model's image processor (``AutoImageProcessor``).
         device: where to run (default: `resolve_device`).
         size: input size: ``(H, W)``, or an int for the shorter side (aspect kept); default: the processor's.
+        autocast_dtype: run the model under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``); None: as is.
     """
 
     def __init__(
@@ -92,8 +93,10 @@ class Segmenter:
         *,
         device: str | torch.device | None = None,
         size: tuple[int, int] | int | None = None,
+        autocast_dtype: torch.dtype | None = None,
     ) -> None:
         self.device = resolve_device(device)
+        self.autocast_dtype = autocast_dtype
         self.model = model.to(self.device).eval()
         self.image_processor = image_processor
         self.size = parse_size(size)
@@ -135,7 +138,8 @@ class Segmenter:
             start = time.perf_counter()
             pixel_values = torch.cat([tensors[i] for i in indices]).to(self.device)
             kwargs = {"output_attentions": True} if fusion_maps else {}
-            outputs = self.model(pixel_values=pixel_values, **kwargs)
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                outputs = self.model(pixel_values=pixel_values, **kwargs)
             logits = outputs.logits.float()
             maps = []
             for row, index in enumerate(indices):
@@ -166,13 +170,14 @@ def load_segmenter(
     revision: str | None = None,
     trust_remote_code: bool = False,
     token: str | bool | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> Segmenter:
     """Load a model for pictures: any ``from_pretrained`` source (a local folder or a Hub repo id).
 
     This is the single place where ``scripts/predict.py`` and the demo load a model; other model formats (e.g.
     exported inference engines) plug in here by returning a `Segmenter`-compatible object.
     ``trust_remote_code=True`` loads the model code shipped with the checkpoint (needed where ``msaf_hf`` is not
-    installed, e.g. in a Space).
+    installed, e.g. in a Space). ``autocast_dtype``: see `Segmenter`.
     """
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
@@ -191,7 +196,12 @@ def load_segmenter(
             f"{source!r} has no usable image processor (preprocessor_config.json): {error}. Save one beside the "
             "model (image_processor.save_pretrained(folder)) so that inputs are normalised as in training."
         ) from error
-    return Segmenter(model, image_processor, device=device, size=parse_size(size))
+    if autocast_dtype is not None and hasattr(model, "engine_name"):
+        raise ValueError(
+            f"{source!r} is an exported {model.engine_name} folder: it runs in the precision it was exported at "
+            f"({model.spec.precision}); drop --dtype, or export with scripts/export.py --precision bf16."
+        )
+    return Segmenter(model, image_processor, device=device, size=parse_size(size), autocast_dtype=autocast_dtype)
 
 
 def _exported_engine_model(source: str) -> Any:

@@ -27,7 +27,8 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .inference import Segmenter, load_segmenter
+from .inference import Segmenter, load_segmenter, resolve_device
+from .pipeline import OrderedWorker, prefetch, single_image_latency, throughput_against_latency
 from .rendering import (
     FUSION_RANGE,
     fusion_heatmap,
@@ -212,28 +213,36 @@ def predict_images(
     progress: Any = None,
     summary: PredictionSummary | None = None,
     fusion_range: tuple[float, float] = FUSION_RANGE,
+    pipeline_depth: int = 2,
 ) -> PredictionSummary:
-    """Segment image inputs in batches and write their pictures (see the module docstring)."""
+    """Segment image inputs in batches and write their pictures (see the module docstring). Decoding, inference and
+    writing overlap (`msaf_hf.visualization.pipeline`, at most `pipeline_depth` items ahead; 0: one after the
+    other); the outputs are the same either way."""
     summary = summary or PredictionSummary()
     batch: list[tuple[InputItem, Image.Image]] = []
 
-    def flush() -> None:
-        start = time.perf_counter()
-        results = segmenter.predict([image for _, image in batch], fusion_maps=fusion_maps)
-        summary.model_seconds += time.perf_counter() - start
+    def write(batch: list[tuple[InputItem, Image.Image]], results: list[Any]) -> None:
         for (item, image), result in zip(batch, results, strict=False):
             _write_image_outputs(segmenter, item, image, result, output_dir, alpha, summary, fusion_range)
         summary.images += len(batch)
         if progress is not None:
             progress.update(len(batch))
-        batch.clear()
 
-    for item, image in _read_images(items, summary, progress):
-        batch.append((item, image))
-        if len(batch) == batch_size:
+    with OrderedWorker(pipeline_depth) as writer:
+
+        def flush() -> None:
+            start = time.perf_counter()
+            results = segmenter.predict([image for _, image in batch], fusion_maps=fusion_maps)
+            summary.model_seconds += time.perf_counter() - start
+            writer.submit(write, list(batch), results)
+            batch.clear()
+
+        for item, image in prefetch(_read_images(items, summary, progress), pipeline_depth):
+            batch.append((item, image))
+            if len(batch) == batch_size:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
     return summary
 
 
@@ -276,9 +285,12 @@ def predict_video(
     progress: Any = None,
     summary: PredictionSummary | None = None,
     fusion_range: tuple[float, float] = FUSION_RANGE,
+    pipeline_depth: int = 2,
+    single_image_latency_s: float | None = None,
 ) -> dict[str, Any]:
     """Segment a video frame by frame (streamed, in batches) into ``NAME_overlay.mp4`` (+ fusion videos) and write
-    ``NAME_timing.json``; returns the timing summary."""
+    ``NAME_timing.json``; returns the timing summary. Decoding, inference and encoding overlap as in
+    `predict_images`; `single_image_latency_s` (the model's, measured apart) is recorded beside the frames/s."""
     from .video import VideoReader, VideoWriter
 
     summary = summary or PredictionSummary()
@@ -291,26 +303,31 @@ def predict_video(
         try:
             batch: list[Image.Image] = []
 
-            def flush() -> None:
-                model_start = time.perf_counter()
-                results = segmenter.predict(batch, fusion_maps=fusion_maps)
-                summary.model_seconds += time.perf_counter() - model_start
-                for frame, result in zip(batch, results, strict=False):
-                    per_frame.append(result.seconds)
+            def encode(frames: list[Image.Image], results: list[Any]) -> None:
+                for frame, result in zip(frames, results, strict=False):
                     writers["overlay"].write(overlay(frame, result.label_map, segmenter.palette, alpha))
                     for index, weights in enumerate(result.fusion_weights or (), start=1):
                         writers[f"fusion{index}"].write(fusion_heatmap(frame, weights, value_range=fusion_range))
-                summary.frames += len(batch)
                 if progress is not None:
-                    progress.update(len(batch))
-                batch.clear()
+                    progress.update(len(frames))
 
-            for frame in reader:
-                batch.append(frame)
-                if len(batch) == batch_size:
+            with OrderedWorker(pipeline_depth) as encoder:
+
+                def flush() -> None:
+                    model_start = time.perf_counter()
+                    results = segmenter.predict(batch, fusion_maps=fusion_maps)
+                    summary.model_seconds += time.perf_counter() - model_start
+                    per_frame.extend(result.seconds for result in results)
+                    summary.frames += len(batch)
+                    encoder.submit(encode, list(batch), results)
+                    batch.clear()
+
+                for frame in prefetch(reader, pipeline_depth):
+                    batch.append(frame)
+                    if len(batch) == batch_size:
+                        flush()
+                if batch:
                     flush()
-            if batch:
-                flush()
         except BaseException:
             for writer in writers.values():
                 writer.abort()
@@ -326,6 +343,8 @@ def predict_video(
             height=reader.height,
             batch_size=batch_size,
             device=str(segmenter.device),
+            pipeline_depth=pipeline_depth,
+            **throughput_against_latency(per_frame, time.perf_counter() - start, single_image_latency_s),
         )
     timing_path = Path(f"{base}_timing.json")
     timing_path.write_text(json.dumps(timing, indent=2) + "\n", encoding="utf-8")
@@ -377,13 +396,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="load the model code shipped with the checkpoint (not needed with msaf_hf installed)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: run the PyTorch model under torch.autocast in bfloat16 (on the CPU it needs "
+                             "avx512_bf16 or AMX; an exported engine runs in its exported precision)")
+    parser.add_argument("--pipeline_depth", type=int, default=2,
+                        help="decode, inference and encode overlap, each stage up to N items ahead (0: one after the "
+                             "other); the outputs are the same")
     return parser
 
 
 def load_model_for_prediction(args: argparse.Namespace) -> Segmenter:
     """Where ``predict.py`` loads its model (swap in other model formats here)."""
+    import torch
+
+    autocast_dtype = None
+    if args.dtype == "bfloat16":
+        autocast_dtype = torch.bfloat16
+        if resolve_device(args.device).type == "cpu":
+            from ..cpu_features import check_bf16_supported
+
+            check_bf16_supported("--dtype bfloat16 on the CPU", alternatives=("--dtype float32", "an int8 export"))
     return load_segmenter(
-        args.model, device=args.device, size=args.size, revision=args.revision, trust_remote_code=args.trust_remote_code
+        args.model, device=args.device, size=args.size, revision=args.revision,
+        trust_remote_code=args.trust_remote_code, autocast_dtype=autocast_dtype,
     )
 
 
@@ -425,7 +460,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     summary = PredictionSummary(skipped=[(item.path, reason) for item, reason in unreadable])
-    segmenter = load_model_for_prediction(args)
+    if args.pipeline_depth < 0:
+        print(f"error: --pipeline_depth must be >= 0, got {args.pipeline_depth}", file=sys.stderr)
+        return 2
+    try:
+        segmenter = load_model_for_prediction(args)
+    except ValueError as error:  # e.g. --dtype bfloat16 on a CPU without bfloat16
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.fusion_maps and not segmenter.supports_fusion_maps:
         print("error: --fusion-maps needs a DSNet model (the maps are its MSAF weights).", file=sys.stderr)
         return 2
@@ -438,9 +480,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             save_image(fusion_scale_image(value_range=fusion_range), args.output_dir / "fusion_scale.png")
         )
 
-    start = time.perf_counter()
     images = [item for item in items if item.kind == "image"]
     videos = [item for item in items if item.kind == "video"]
+    # The reference for the frames/s report (not worth 4 extra passes for a single picture).
+    latency = single_image_latency(segmenter, videos + images) if len(images) > 1 or videos else None
+    start = time.perf_counter()
     with tqdm(total=len(images), desc="images", unit="img", disable=args.no_progress or not images) as progress:
         predict_images(
             segmenter,
@@ -452,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=progress,
             summary=summary,
             fusion_range=fusion_range,
+            pipeline_depth=args.pipeline_depth,
         )
     for item in videos:
         from .video import VideoError
@@ -468,6 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     progress=progress,
                     summary=summary,
                     fusion_range=fusion_range,
+                    pipeline_depth=args.pipeline_depth,
+                    single_image_latency_s=latency,
                 )
             ms = timing.get("model_ms_per_frame", {})
             print(
@@ -487,6 +534,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{summary.images} images and {summary.frames} video frames in {summary.seconds:.2f} s: {rate:.2f} fps end "
         f"to end, {model_rate:.2f} fps in the model ({segmenter.device}); results in {args.output_dir}"
     )
+    if latency is not None and summary.seconds > 0 and done:
+        print(
+            f"throughput: {rate:.2f} frames/s (decode, inference and encode overlapped, --pipeline_depth "
+            f"{args.pipeline_depth}, --batch_size {args.batch_size}) vs {1 / latency:.2f} frames/s from the model's "
+            f"single-image latency of {1000 * latency:.1f} ms: {rate * latency:.2f}x"
+        )
     if summary.skipped:
         print(f"skipped {len(summary.skipped)} unreadable file(s):")
         for path, reason in summary.skipped:
