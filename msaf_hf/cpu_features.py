@@ -145,7 +145,6 @@ def _openvino_capabilities() -> tuple[tuple[str, ...], str]:
         return (), ""
 
 
-@functools.lru_cache(maxsize=4)
 def _detect(cpuinfo_path: str | None, use_openvino: bool) -> CPUFeatures:
     path = Path(cpuinfo_path or "/proc/cpuinfo")
     model_name, flags = ("", frozenset())
@@ -163,7 +162,12 @@ def detect_cpu_features(use_openvino: bool = True) -> CPUFeatures:
     if override:
         if not Path(override).is_file():
             raise FileNotFoundError(f"{CPUINFO_ENV}={override!r} is not a file (a /proc/cpuinfo-style text).")
-        return _detect(override, False)
+        return _detect(override, False)  # read each time: the file may change (tests)
+    return _detect_this_cpu(use_openvino)
+
+
+@functools.lru_cache(maxsize=2)
+def _detect_this_cpu(use_openvino: bool) -> CPUFeatures:
     return _detect(None, use_openvino)
 
 

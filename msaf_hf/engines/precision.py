@@ -61,8 +61,9 @@ def choose_precision(engine: str, has_calibration: bool, features: CPUFeatures) 
                   "amx_bf16): bf16 would be emulated, so fp32")
     else:
         precision = "fp32"
-        reason = ("no calibration set (int8 needs one), and ONNX Runtime's CPU provider has no bf16 path: fp32 "
-                  "(export with --engine openvino for bf16)")
+        bf16 = "has" if features.supports_bf16 else "has no"
+        reason = (f"no calibration set (int8 needs one), and ONNX Runtime's CPU provider has no bf16 path ({cpu} {bf16} "
+                  "bfloat16 instructions): fp32 (export with --engine openvino for bf16)")
     return PrecisionChoice(requested="auto", precision=precision, reason=reason, cpu=features.to_dict())
 
 
