@@ -62,8 +62,8 @@ def choose_precision(engine: str, has_calibration: bool, features: CPUFeatures) 
     else:
         precision = "fp32"
         bf16 = "has" if features.supports_bf16 else "has no"
-        reason = (f"no calibration set (int8 needs one), and ONNX Runtime's CPU provider has no bf16 path ({cpu} {bf16} "
-                  "bfloat16 instructions): fp32 (export with --engine openvino for bf16)")
+        reason = (f"no calibration set (int8 needs one), and ONNX Runtime's CPU provider has no bf16 path ({cpu} "
+                  f"{bf16} bfloat16 instructions): fp32 (export with --engine openvino for bf16)")
     return PrecisionChoice(requested="auto", precision=precision, reason=reason, cpu=features.to_dict())
 
 

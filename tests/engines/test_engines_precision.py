@@ -158,7 +158,9 @@ def test_bf16_export_runs_in_bf16_and_stays_close_to_fp32(tmp_path, tiny_model, 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has neither avx512_bf16 nor AMX-BF16")
-def test_evaluate_with_bfloat16_autocast_and_on_a_bf16_export(tmp_path, tiny_model, one_thread_and_fresh_accelerate_state):
+def test_evaluate_with_bfloat16_autocast_and_on_a_bf16_export(
+    tmp_path, tiny_model, one_thread_and_fresh_accelerate_state
+):
     pytest.importorskip("openvino")
     from accelerate.state import AcceleratorState
 

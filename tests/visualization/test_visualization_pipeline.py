@@ -132,7 +132,8 @@ def test_pipelined_video_prediction_keeps_frame_order_and_reports_throughput(mod
     common = [str(model_dir), str(video), "--batch_size", "2", "--no-progress"]
     assert main([*common, "--output_dir", str(tmp_path / "seq"), "--pipeline_depth", "0"]) == 0
     assert main([*common, "--output_dir", str(tmp_path / "pipe"), "--pipeline_depth", "3"]) == 0
-    sequential, pipelined = frames(tmp_path / "seq" / "clip_overlay.mp4"), frames(tmp_path / "pipe" / "clip_overlay.mp4")
+    sequential = frames(tmp_path / "seq" / "clip_overlay.mp4")
+    pipelined = frames(tmp_path / "pipe" / "clip_overlay.mp4")
     assert len(sequential) == len(pipelined) == 9
     for ours, reference in zip(pipelined, sequential, strict=True):
         np.testing.assert_array_equal(ours, reference)
