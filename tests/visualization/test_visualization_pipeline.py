@@ -143,3 +143,24 @@ def test_pipelined_video_prediction_keeps_frame_order_and_reports_throughput(mod
     assert timing["frames_per_s_over_inverse_latency"] == pytest.approx(
         timing["frames_per_s"] * timing["single_image_latency_ms"] / 1000)
     assert "single-image latency" in capsys.readouterr().out
+
+
+def test_bfloat16_prediction_runs_where_supported_and_is_refused_elsewhere(model_dir, tmp_path, capsys, monkeypatch):
+    from msaf_hf.cpu_features import CPUINFO_ENV, detect_cpu_features
+
+    torch.set_num_threads(1)
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(image)
+    if detect_cpu_features().supports_bf16:
+        assert main([str(model_dir), str(image), "--output_dir", str(tmp_path / "bf16"), "--dtype", "bfloat16",
+                     "--device", "cpu", "--no-progress"]) == 0
+        mask = np.array(Image.open(tmp_path / "bf16" / "a_mask.png"))
+        assert mask.shape == (32, 40) and mask.max() < 5
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: Old Core i7\nflags\t\t: avx avx2\n")
+    monkeypatch.setenv(CPUINFO_ENV, str(cpuinfo))
+    assert main([str(model_dir), str(image), "--output_dir", str(tmp_path / "no"), "--dtype", "bfloat16",
+                 "--device", "cpu", "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "--dtype bfloat16" in error and "Old Core i7" in error and "avx512_bf16" in error
