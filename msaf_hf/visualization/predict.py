@@ -536,9 +536,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if latency is not None and summary.seconds > 0 and done:
         print(
-            f"throughput: {rate:.2f} frames/s (decode, inference and encode overlapped, --pipeline_depth "
-            f"{args.pipeline_depth}, --batch_size {args.batch_size}) vs {1 / latency:.2f} frames/s from the model's "
-            f"single-image latency of {1000 * latency:.1f} ms: {rate * latency:.2f}x"
+            f"throughput: {rate:.2f} frames/s (decode, inference and encode "
+            f"{'overlapped' if args.pipeline_depth else 'one after the other'}, "
+            f"--pipeline_depth {args.pipeline_depth}, "
+            f"--batch_size {args.batch_size}) vs {1 / latency:.2f} frames/s from the model's single-image latency of "
+            f"{1000 * latency:.1f} ms: {rate * latency:.2f}x"
         )
     if summary.skipped:
         print(f"skipped {len(summary.skipped)} unreadable file(s):")
