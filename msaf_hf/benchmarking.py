@@ -28,8 +28,10 @@ MODEL_NAMES = DSNET_PRESETS + PEER_MODELS
 INFERENCE_VARIANTS = ("eval", "deploy")
 # Exported engines (msaf_hf.engines; DSNet only): exported from the same weights at the benchmarked size, run with
 # torch's thread count. int8 is calibrated on a few random images (speed only) with the default quantization scheme of
-# msaf_hf.engines.quantization, or the one an `InferenceCase` names.
-ENGINE_VARIANTS = ("openvino-fp32", "openvino-int8", "onnxruntime-fp32", "onnxruntime-int8")
+# msaf_hf.engines.quantization, or the one an `InferenceCase` names. bf16 (OpenVINO) needs avx512_bf16 or AMX.
+ENGINE_VARIANTS = ("openvino-fp32", "openvino-bf16", "openvino-int8", "onnxruntime-fp32", "onnxruntime-int8")
+# torch.autocast dtypes of the torch variants: "none", or "bfloat16" (on the CPU: avx512_bf16 or AMX).
+AUTOCAST_DTYPES = ("none", "bfloat16")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -256,14 +258,16 @@ def measure_float32_peak(repeats: int = 5) -> float:
 @dataclass
 class InferenceCase:
     """One model variant to time: a model name, `eval`, `deploy` or an engine variant (`openvino-int8`, ...), a
-    memory format (`auto`, `contiguous`, `channels_last`), a compile mode, and for an int8 engine the quantization
-    scheme (a name in `msaf_hf.engines.QUANTIZATION_SCHEMES`; None: the default scheme)."""
+    memory format (`auto`, `contiguous`, `channels_last`), a compile mode, for an int8 engine the quantization
+    scheme (a name in `msaf_hf.engines.QUANTIZATION_SCHEMES`; None: the default scheme), and for a torch variant an
+    autocast dtype (`none` or `bfloat16`)."""
 
     name: str
     variant: str = "eval"
     memory_format: str = "auto"
     compile_mode: str = "none"
     quantization_scheme: str | None = None
+    autocast: str = "none"
 
     def __post_init__(self) -> None:
         if self.name not in MODEL_NAMES:
@@ -280,6 +284,10 @@ class InferenceCase:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}.")
         if self.quantization_scheme is not None and not self.variant.endswith("-int8"):
             raise ValueError(f"a quantization scheme applies to the int8 engine variants, not {self.variant!r}.")
+        if self.autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast must be one of {AUTOCAST_DTYPES}, got {self.autocast!r}.")
+        if self.autocast != "none" and self.variant in ENGINE_VARIANTS:
+            raise ValueError(f"autocast applies to the torch variants; {self.variant!r} runs as exported.")
 
 
 def benchmark_inference_cases(
@@ -316,6 +324,10 @@ def benchmark_inference_cases(
         raise ValueError(f"need repeats >= 1, number >= 1, warmup >= 0; got {repeats}, {number}, {warmup}.")
     device = torch.device(device)
     shape = (batch_size, 3, height, width)
+    if device.type == "cpu" and any(c.autocast == "bfloat16" or c.variant == "openvino-bf16" for c in cases):
+        from .cpu_features import check_bf16_supported
+
+        check_bf16_supported("bf16 rows (--autocast bfloat16, openvino-bf16)", alternatives=("float32 rows", "int8"))
     if any(case.compile_mode != "none" for case in cases):
         import torch._dynamo.config as dynamo_config
         import torch._inductor.config as inductor_config
@@ -336,6 +348,7 @@ def benchmark_inference_cases(
             )
             continue
         fmt = resolve_memory_format(case.memory_format, case.variant)
+        record_dtype = str(dtype).removeprefix("torch.")
         model = build_benchmark_model(case.name, num_labels, weights=dsnet_weights)
         model = prepare_inference_model(model, case.variant, device, dtype, fmt, "none")
         record: dict[str, Any] = {
@@ -345,20 +358,25 @@ def benchmark_inference_cases(
             "batch_size": batch_size,
             "height": height,
             "width": width,
-            "dtype": str(dtype).removeprefix("torch."),
+            "dtype": record_dtype,
             "device": str(device),
             "memory_format": "channels_last" if fmt == torch.channels_last else "contiguous",
             "compile": case.compile_mode + ("+freezing" if case.compile_mode != "none" and inductor_freezing else ""),
             "params": count_parameters(model),
             "flops_per_image": count_flops(model, shape) / batch_size if count_flops_too else None,
             "weights": dsnet_weights if is_dsnet(model) and dsnet_weights else "random",
+            "autocast": case.autocast,
+            "executed_precision": f"{case.autocast} (autocast)" if case.autocast != "none" else record_dtype,
         }
         if case.compile_mode != "none":
             model = torch.compile(model, mode=None if case.compile_mode == "default" else case.compile_mode)
         pixel_values = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
 
-        def step(model: nn.Module = model, pixel_values: torch.Tensor = pixel_values) -> torch.Tensor:
-            return model(pixel_values=pixel_values, return_dict=False)[0]
+        def step(
+            model: nn.Module = model, pixel_values: torch.Tensor = pixel_values, autocast: str = case.autocast
+        ) -> torch.Tensor:
+            with torch.autocast(device.type, dtype=DTYPES.get(autocast), enabled=autocast != "none"):
+                return model(pixel_values=pixel_values, return_dict=False)[0]
 
         with torch.inference_mode():
             start = time.perf_counter()
@@ -421,7 +439,8 @@ def _prepare_engine_case(
     pixel_values = torch.randn(shape)
     record: dict[str, Any] = {
         "mode": "inference", "model": case.name, "variant": case.variant, "batch_size": batch_size,
-        "height": height, "width": width, "dtype": "int8" if precision == "int8" else "float32", "device": "cpu",
+        "height": height, "width": width, "dtype": {"int8": "int8", "bf16": "bfloat16"}.get(precision, "float32"),
+        "device": "cpu", "executed_precision": f"{engine} {engine_model.executed_precision}",
         "memory_format": "-", "compile": "none", "params": count_parameters(model),
         "flops_per_image": count_flops(model, shape) / batch_size if count_flops_too else None,  # the same network
         "engine_check": check, "weights": weights or "random",
@@ -471,10 +490,22 @@ def environment() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
+    from .cpu_features import detect_cpu_features
+
+    info["cpu"] = detect_cpu_features().to_dict()
     return info
 
 
+def cpu_header() -> str:
+    """The benchmark table's first line: the CPU model and which of AVX2, AVX-512, VNNI, BF16, AMX it has (with the
+    flags behind them), which decide how fast each precision runs here."""
+    from .cpu_features import detect_cpu_features
+
+    return f"# CPU: {detect_cpu_features().summary()}"
+
+
 __all__ = [
+    "AUTOCAST_DTYPES",
     "COMPILE_MODES",
     "DSNET_PRESETS",
     "DTYPES",
@@ -490,6 +521,7 @@ __all__ = [
     "build_benchmark_model",
     "count_flops",
     "count_parameters",
+    "cpu_header",
     "environment",
     "measure_float32_peak",
     "prepare_inference_model",

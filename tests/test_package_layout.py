@@ -56,9 +56,6 @@ def _imports(modules: dict[str, tuple[Path, bool]]) -> tuple[dict[str, set[str]]
     return edges, private
 
 
-# scripts/predict.py reads dataset splits with msaf_hf.data.load_split; the rest of visualization (the Space's modules
-# among them) stays free of the data layer.
-DATA_READING_COMMANDS = {"msaf_hf.visualization.predict"}
 LAYERS = ("data", "engines", "evaluation", "training", "hub", "visualization")
 
 
@@ -107,9 +104,7 @@ def test_dependencies_point_one_way():
                 wrong.append((module, target))
             elif source_layer == "engines" and target_layer in ("evaluation", "hub", "visualization"):
                 wrong.append((module, target))
-            elif source_layer == "visualization" and target_layer == "data" and module not in DATA_READING_COMMANDS:
-                wrong.append((module, target))
-            elif source_layer == "visualization" and target_layer in ("evaluation", "hub"):
+            elif source_layer == "visualization" and target_layer in ("data", "evaluation", "hub"):
                 wrong.append((module, target))  # pictures of results know the results schema (msaf_hf.results) only
             elif source_layer == "evaluation" and target_layer == "hub":
                 wrong.append((module, target))

@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 from ..benchmarking import (
+    AUTOCAST_DTYPES,
     COMPILE_MODES,
     DSNET_PRESETS,
     DTYPES,
@@ -59,6 +60,7 @@ from ..benchmarking import (
     MODEL_NAMES,
     InferenceCase,
     benchmark_inference_cases,
+    cpu_header,
     environment,
 )
 from ..engines.quantization import DEFAULT_QUANTIZATION_SCHEME, QUANTIZATION_SCHEMES
@@ -105,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "--int8-recipes is the deprecated spelling)")
     inference.add_argument("--memory_format", "--memory-format", nargs="+", choices=MEMORY_FORMATS, default=["auto"],
                            help="auto: contiguous for eval, channels-last for deploy (as to_deploy leaves it)")
+    inference.add_argument("--autocast", nargs="+", choices=AUTOCAST_DTYPES, default=["none"],
+                           help="torch rows under torch.autocast in these dtypes, one row each (bfloat16 on the CPU "
+                                "needs avx512_bf16 or AMX; the engine rows run as exported, e.g. openvino-bf16)")
     inference.add_argument("--number", type=int, default=1, help="calls per timed repeat (use >1 on GPUs)")
     inference.add_argument("--no_flops", "--no-flops", action="store_true", help="skip the FLOP count")
     inference.add_argument("--weights", default=None, metavar="SOURCE",
@@ -153,6 +158,7 @@ def _format_row(result: dict[str, Any], reference: dict[str, Any] | None) -> lis
         result["variant"] + (f" ({result['quantization_scheme']})" if result.get("quantization_scheme") else ""),
         result["memory_format"],
         result["dtype"],
+        result.get("executed_precision", result["dtype"]),
         result["compile"],
         f"{result['batch_size']}x{result['height']}x{result['width']}",
         f"{result['params'] / 1e6:.2f}",
@@ -191,7 +197,8 @@ def paired_speedup(result: dict[str, Any], reference: dict[str, Any]) -> float |
 def format_table(results: list[dict[str, Any]]) -> str:
     """One row per result; `vs first` compares images/s with the first row of the same model (ratio of medians),
     `paired` is the same comparison as the median of per-round ratios (see `paired_speedup`)."""
-    header = ["model", "variant", "format", "dtype", "compile", "input", "params(M)", "GFLOPs/img",
+    header = ["model", "variant", "format", "dtype", "executed precision", "compile", "input", "params(M)",
+              "GFLOPs/img",
               "median ms", "min-max ms", "img/s", "GFLOP/s", "vs first", "paired",
               "logits vs eval: rel / argmax / vs float64 (eval's own)"]
     first: dict[str, dict[str, Any]] = {}
@@ -245,7 +252,9 @@ def run_inference(args: argparse.Namespace) -> list[dict[str, Any]]:
                     if variant in ENGINE_VARIANTS and torch_side_variation:
                         continue  # an engine runs as exported: once, whatever the torch-side settings
                     schemes = args.quantization_schemes if variant.endswith("-int8") else [None]
-                    cases += [InferenceCase(name, variant, memory_format, compile_mode, s) for s in schemes]
+                    autocasts = ["none"] if variant in ENGINE_VARIANTS else args.autocast
+                    cases += [InferenceCase(name, variant, memory_format, compile_mode, scheme, autocast)
+                              for scheme in schemes for autocast in autocasts]
     print(f"# timing {len(cases)} variants{' round-robin' if not args.sequential else ''} ...", file=sys.stderr,
           flush=True)
     return benchmark_inference_cases(
@@ -355,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run_inference(args) if args.mode == "inference" else run_training(args)
     env_after = environment()
     print(f"# {command}")
+    print(cpu_header())
     print(f"# torch {env_before['torch']}, {env_before.get('cuda_device', env_before['processor'])}, "
           f"{env_before['torch_threads']} threads, load average before {_load(env_before)} / after {_load(env_after)}")
     print(format_table(results))

@@ -1,6 +1,6 @@
 """Export DSNet to an inference engine folder: OpenVINO or ONNX Runtime, float32 or int8.
 
-    python scripts/export.py MODEL OUTPUT_DIR --engine {openvino,onnxruntime} --precision {fp32,int8}
+    python scripts/export.py MODEL OUTPUT_DIR --engine {openvino,onnxruntime} --precision {fp32,bf16,int8,auto}
         [--height H --width W] [--calibration_dataset NAME_OR_IMAGE_FOLDER --calibration_split S
          --calibration_samples N]
 
@@ -13,6 +13,11 @@ preprocessor_config.json resizes to that size; another size is a clear error).
 int8 quantises with NNCF's post-training quantisation on calibration images, with a
 quantization scheme of `msaf_hf.engines.quantization` (`--quantization_scheme`: `balanced` by default, `accurate`
 keeps the shared trunk in float32; see docs/int8.md).
+
+bf16 (OpenVINO only) keeps the float32 IR and compiles it with OpenVINO's bf16 inference precision; it needs a CPU with
+avx512_bf16 or AMX-BF16 (a clear error elsewhere). `auto` picks int8 when calibration images are given, else bf16
+where the CPU has it, else fp32, and records the choice and its reason under `engine.precision_choice` in config.json
+(`msaf_hf.engines.precision`).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from .modeling import (
     load_segmentation_model,
     onnxruntime_session,
 )
+from .precision import choose_precision
 from .quantization import (
     DEFAULT_QUANTIZATION_SCHEME,
     QUANTIZATION_SCHEMES,
@@ -53,6 +59,7 @@ from .quantization import (
 logger = logging.getLogger(__name__)
 
 _ALL_ENGINE_FILES = {name for files in ENGINE_FILES.values() for name in files}
+EXPORT_PRECISIONS = (*PRECISIONS, "auto")
 
 
 def _check_size(height: int, width: int) -> None:
@@ -128,7 +135,8 @@ def export_to_engine(
     image_processor: Any = None,
     check: bool = True,
 ) -> Path:
-    """Export a DSNet to `output_dir` for `engine` (`openvino` or `onnxruntime`) at `precision` (`fp32`/`int8`).
+    """Export a DSNet to `output_dir` for `engine` (`openvino` or `onnxruntime`) at `precision` (`fp32`, `bf16`,
+    `int8` or `auto`).
 
     Args:
         model: a `DSNetForSemanticSegmentation` or any `from_pretrained` source.
@@ -148,8 +156,9 @@ def export_to_engine(
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"precision must be one of {EXPORT_PRECISIONS}, got {precision!r}.")
+    precision, precision_choice = _resolve_precision(engine, precision, calibration_images is not None)
     _check_size(height, width)
     # Fail before any work when a package is missing; the error names the extra to install.
     for module in (["openvino"] if engine == "openvino" else ["onnxruntime", "onnx", "onnxscript"]) + (
@@ -203,7 +212,7 @@ def export_to_engine(
                 require("onnx").save(graph, str(path))
         spec = EngineSpec(
             name=engine, precision=precision, input_size=input_size, example_size=(height, width),
-            quantization=quantization_record, versions=_versions(engine, precision),
+            quantization=quantization_record, versions=_versions(engine, precision), precision_choice=precision_choice,
         )
         config_values = model.config.to_dict()
         for key in ("auto_map", "architectures", ENGINE_CONFIG_KEY):
@@ -224,6 +233,25 @@ def export_to_engine(
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("exported %s (%s, %s) to %s", source or type(model).__name__, engine, precision, output_dir)
     return output_dir
+
+
+def _resolve_precision(engine: str, precision: str, has_calibration: bool) -> tuple[str, dict[str, Any] | None]:
+    """The precision to export at (`auto` resolved for this CPU, with its record) after checking that it can run."""
+    from .. import cpu_features
+
+    choice = None
+    if precision == "auto":
+        choice = choose_precision(engine, has_calibration, cpu_features.detect_cpu_features())
+        logger.info("--precision auto: %s (%s)", choice.precision, choice.reason)
+        precision = choice.precision
+    if precision == "bf16":
+        if engine != "openvino":
+            raise ValueError(
+                f"--precision bf16 is for --engine openvino: ONNX Runtime's CPU provider runs fp32 and int8 only "
+                f"(got --engine {engine})."
+            )
+        cpu_features.check_bf16_supported("--precision bf16", alternatives=("--precision fp32", "int8"))
+    return precision, None if choice is None else dict(choice)
 
 
 def load_image_processor(source: str) -> Any:
@@ -300,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", help="a from_pretrained source: save_pretrained folder or Hub model id")
     parser.add_argument("output_dir", help="folder to write the engine files, config.json and preprocessor_config.json")
     parser.add_argument("--engine", choices=ENGINES, default="openvino")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32",
+                        help="fp32; bf16 (OpenVINO, CPUs with avx512_bf16/AMX); int8 (needs --calibration_dataset); "
+                             "auto: int8 with a calibration set, else bf16 where the CPU has it, else fp32")
     parser.add_argument("--height", type=int, default=512, help="example height (fixed input height for ONNX Runtime)")
     parser.add_argument("--width", type=int, default=1024, help="example width (fixed input width for ONNX Runtime)")
     parser.add_argument("--calibration_dataset", default=None,
@@ -345,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     model = DSNetForSemanticSegmentation.from_pretrained(args.model)
     image_processor = load_image_processor(args.model)  # the checkpoint's: calibration and the export use it
     calibration = None
-    if args.precision == "int8":
+    if args.precision == "int8" or (args.precision == "auto" and args.calibration_dataset is not None):
         if args.calibration_dataset is None:
             raise SystemExit(
                 "--precision int8 needs --calibration_dataset (a Hub id, a dataset folder or 'synthetic')."
@@ -369,7 +399,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
     spec = json.loads((output / "config.json").read_text("utf-8"))[ENGINE_CONFIG_KEY]
     size = "any size" if spec["input_size"] is None else "x".join(map(str, spec["input_size"]))
-    print(f"exported {args.model} -> {output} ({args.engine}, {args.precision}, input {size})")
+    print(f"exported {args.model} -> {output} ({args.engine}, {spec['precision']}, input {size})")
+    if spec.get("precision_choice"):
+        print(f"--precision auto chose {spec['precision']}: {spec['precision_choice']['reason']}")
     if spec.get("check"):
         check = spec["check"]
         print(f"check on {check.get('input', 'a')} {check['input_shape']} input: max relative difference to PyTorch "

@@ -34,7 +34,10 @@ from ..modeling_dsnet import DSNetPreTrainedModel
 from ._dependencies import require
 
 ENGINES = ("openvino", "onnxruntime")
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "bf16", "int8")  # bf16: OpenVINO only, on CPUs with avx512_bf16 or AMX (msaf_hf.cpu_features)
+# OpenVINO's INFERENCE_PRECISION_HINT per precision: "fp32" pins f32 (OpenVINO's default on bf16 CPUs is bf16), int8
+# runs its quantised layers in int8 and the rest in f32.
+OPENVINO_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 ENGINE_CONFIG_KEY = "engine"  # the entry of config.json that marks an exported folder
 ENGINE_FILES = {"openvino": ("openvino_model.xml", "openvino_model.bin"), "onnxruntime": ("model.onnx",)}
 
@@ -50,6 +53,7 @@ class EngineSpec:
         example_size: the `(height, width)` traced at export (and used for calibration when fixed).
         files: the engine's files in the folder (the first is the one to load).
         quantization: for int8, the quantization scheme and calibration set used (see `msaf_hf.engines.quantization`).
+        precision_choice: for `--precision auto`, the precision chosen, why, and the CPU it was chosen on.
     """
 
     name: str
@@ -59,12 +63,15 @@ class EngineSpec:
     files: tuple[str, ...] = ()
     quantization: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    precision_choice: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.name not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.name!r}.")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}.")
+        if self.precision == "bf16" and self.name != "openvino":
+            raise ValueError("bf16 exports are OpenVINO's only (ONNX Runtime's CPU provider runs fp32 and int8).")
         self.input_size = None if self.input_size is None else (int(self.input_size[0]), int(self.input_size[1]))
         self.example_size = (int(self.example_size[0]), int(self.example_size[1]))
         self.files = tuple(self.files) or ENGINE_FILES[self.name]
@@ -224,20 +231,34 @@ class EngineSegmenter(DSNetPreTrainedModel):
 
 class OpenVINOSegmenter(EngineSegmenter):
     """A DSNet exported to OpenVINO IR (`openvino_model.xml`/`.bin`), compiled for the CPU in float32 arithmetic
-    (int8 layers run in int8). Takes any input size unless the folder says otherwise."""
+    (int8 layers run in int8), or in bfloat16 for a bf16 export. Takes any input size unless the folder says
+    otherwise. `executed_precision` says what the compiled model runs (OpenVINO's runtime model, not the request)."""
 
     engine_name = "openvino"
 
     def _load(self, folder: Path, spec: EngineSpec, num_threads: int | None) -> None:
         ov = require("openvino")
+        if spec.precision == "bf16":
+            from ..cpu_features import check_bf16_supported
+
+            check_bf16_supported(f"{str(folder)!r} is a bf16 OpenVINO export", alternatives=("an fp32 or int8 export",))
         core = ov.Core()
-        # f32 explicitly: on CPUs with bf16/AMX, OpenVINO would otherwise run the fp32 layers in bf16.
-        properties = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        # f32 explicitly for fp32/int8: on CPUs with bf16/AMX, OpenVINO would otherwise run the f32 layers in bf16.
+        hint = OPENVINO_PRECISION_HINTS[spec.precision]
+        properties = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if num_threads:
             properties["INFERENCE_NUM_THREADS"] = int(num_threads)
         model = core.read_model(str(folder / spec.files[0]))
         self._compiled = core.compile_model(model, "CPU", properties)
         self._request = self._compiled.create_infer_request()
+
+    @property
+    def executed_precision(self) -> str:
+        """What the compiled model runs, from OpenVINO itself: the precision of its convolutions in the runtime
+        model (e.g. `bf16`, `f32`, `int8 (96/103 convolutions; rest f32)`), not the precision asked for."""
+        from .precision import runtime_precision_summary
+
+        return runtime_precision_summary(self._compiled)
 
     def _run(self, pixel_values: np.ndarray) -> np.ndarray:
         self._request.infer({0: pixel_values})
@@ -253,6 +274,11 @@ class ONNXRuntimeSegmenter(EngineSegmenter):
     def _load(self, folder: Path, spec: EngineSpec, num_threads: int | None) -> None:
         self._session = onnxruntime_session(folder / spec.files[0], num_threads)
         self._input_name = self._session.get_inputs()[0].name
+
+    @property
+    def executed_precision(self) -> str:
+        """ONNX Runtime's CPU provider runs a float32 graph in f32 and fuses an int8 QDQ graph into int8 kernels."""
+        return "int8 (QDQ)" if self.spec.precision == "int8" else "f32"
 
     def _run(self, pixel_values: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input_name: pixel_values})[0]

@@ -62,6 +62,12 @@ class EvaluationArguments:
         default=None,
         metadata={"help": "no, fp16 or bf16 (default: the accelerate config).", "choices": ["no", "fp16", "bf16"]},
     )
+    dtype: str = field(
+        default="float32",
+        metadata={"help": "float32, or bfloat16: run the model under torch.autocast in bfloat16 (--mixed_precision "
+                  "bf16; on the CPU it needs avx512_bf16 or AMX). Engine folders run in their exported precision.",
+                  "choices": ["float32", "bfloat16"]},
+    )
     channels_last: bool = field(default=False, metadata={"help": "Use channels-last memory format."})
     use_cpu: bool = field(default=False, metadata={"help": "Evaluate on the CPU even if an accelerator is present."})
     sliding_window: list[int] | None = field(
@@ -114,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     if not eval_args.model_name_or_path:
         raise ValueError("scripts/evaluate.py: pass --model_name_or_path (a save_pretrained folder or a Hub model id).")
+    if eval_args.dtype == "bfloat16":
+        if eval_args.mixed_precision not in (None, "bf16"):
+            raise ValueError(f"--dtype bfloat16 and --mixed_precision {eval_args.mixed_precision} disagree: pass one.")
+        eval_args.mixed_precision = "bf16"
     accelerator = Accelerator(
         cpu=eval_args.use_cpu or not accelerator_available(), mixed_precision=eval_args.mixed_precision
     )
@@ -144,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         test_time_augmentation={"flip": eval_args.flip, "scales": list(eval_args.scales)},
         **sliding_window_description(eval_args),
         num_processes=accelerator.num_processes,
+        inference_precision=inference_precision(model, accelerator),
     )
     if accelerator.is_main_process:
         print(format_results_table(result.metrics, result.id2label))
@@ -160,6 +171,17 @@ def load_evaluation_model(eval_args: EvaluationArguments, accelerator: Any) -> t
     # the PyTorch model.
     model = load_segmentation_model(eval_args.model_name_or_path, revision=eval_args.revision)
     model.to(accelerator.device)
+    if accelerator.mixed_precision != "no" and hasattr(model, "engine_name"):
+        raise ValueError(
+            f"{eval_args.model_name_or_path!r} is an exported {model.engine_name} folder: it runs in the precision "
+            f"it was exported at ({model.spec.precision}); drop --dtype/--mixed_precision, or export with --precision "
+            "bf16."
+        )
+    if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu":
+        from ..cpu_features import check_bf16_supported
+
+        check_bf16_supported("--dtype bfloat16 (--mixed_precision bf16) on the CPU",
+                             alternatives=("--dtype float32", "an int8 export (scripts/export.py --precision int8)"))
     if accelerator.mixed_precision != "no":
         model = accelerator.prepare_model(model, evaluation_mode=True)  # autocast wrapper only
     if eval_args.channels_last:
@@ -173,6 +195,14 @@ def sliding_window_description(eval_args: EvaluationArguments) -> dict[str, Any]
         return {}
     return {"sliding_window": {"window": list(eval_args.sliding_window), "stride": list(eval_args.stride),
                                "window_batch_size": eval_args.window_batch_size}}
+
+
+def inference_precision(model: torch.nn.Module, accelerator: Any) -> str:
+    """What the evaluated model ran in: an engine's executed precision, else the autocast dtype or float32."""
+    engine_precision = getattr(model, "executed_precision", None)
+    if isinstance(engine_precision, str):
+        return f"{model.engine_name} {engine_precision}"
+    return {"bf16": "bfloat16 (autocast)", "fp16": "float16 (autocast)"}.get(accelerator.mixed_precision, "float32")
 
 
 def write_evaluation_results(payload: dict[str, Any], output_file: str | None) -> Path:

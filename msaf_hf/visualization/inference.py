@@ -87,6 +87,7 @@ class Segmenter:
         sliding_window: ``(H, W)``: logits averaged over overlapping windows of that size (the model's
             ``sliding_window_logits``), for images larger than the model's input; ``stride`` ``(H, W)`` defaults to
             2/3 of the window, ``window_batch_size`` windows run per forward pass, ``window_progress`` shows a bar.
+        autocast_dtype: run the model under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``); None: as is.
     """
 
     def __init__(
@@ -100,8 +101,10 @@ class Segmenter:
         stride: Sequence[int] | None = None,
         window_batch_size: int = 4,
         window_progress: bool = False,
+        autocast_dtype: torch.dtype | None = None,
     ) -> None:
         self.device = resolve_device(device)
+        self.autocast_dtype = autocast_dtype
         self.model = model.to(self.device).eval()
         self.image_processor = image_processor
         self.size = parse_image_size(size)
@@ -158,14 +161,16 @@ class Segmenter:
             start = time.perf_counter()
             pixel_values = torch.cat([tensors[i] for i in indices]).to(self.device)
             kwargs = {"output_attentions": True} if fusion_maps else {}
-            if self.sliding_window is not None:
-                outputs, logits = None, self.model.sliding_window_logits(
-                    pixel_values, self.sliding_window, self.stride, window_batch_size=self.window_batch_size,
-                    progress=self.window_progress,
-                )
-            else:
-                outputs = self.model(pixel_values=pixel_values, **kwargs)
-                logits = outputs.logits.float()
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                if self.sliding_window is not None:
+                    outputs, logits = None, self.model.sliding_window_logits(
+                        pixel_values, self.sliding_window, self.stride, window_batch_size=self.window_batch_size,
+                        progress=self.window_progress,
+                    )
+                else:
+                    outputs = self.model(pixel_values=pixel_values, **kwargs)
+                    logits = outputs.logits
+            logits = logits.float()
             # The image processor owns logits -> label map (upsampling to each image's size, then class ids).
             maps = self.image_processor.post_process_semantic_segmentation(
                 SemanticSegmenterOutput(logits=logits), target_sizes=[images[index].size[::-1] for index in indices]
@@ -192,6 +197,7 @@ def load_segmenter(
     revision: str | None = None,
     trust_remote_code: bool = False,
     token: str | bool | None = None,
+    autocast_dtype: torch.dtype | None = None,
     **segmenter_kwargs: Any,
 ) -> Segmenter:
     """Load a model for pictures: any ``from_pretrained`` source (a local folder or a Hub repo id).
@@ -199,7 +205,8 @@ def load_segmenter(
     This is the single place where ``scripts/predict.py`` and the demo load a model; other model formats (e.g.
     exported inference engines) plug in here by returning a `Segmenter`-compatible object.
     ``trust_remote_code=True`` loads the model code shipped with the checkpoint (needed where ``msaf_hf`` is not
-    installed, e.g. in a Space). ``segmenter_kwargs`` go to `Segmenter` (``sliding_window``, ``stride``, ...).
+    installed, e.g. in a Space). ``autocast_dtype`` and ``segmenter_kwargs`` (``sliding_window``, ``stride``, ...) go
+    to `Segmenter`.
     """
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
@@ -218,7 +225,13 @@ def load_segmenter(
             f"{source!r} has no usable image processor (preprocessor_config.json): {error}. Save one beside the "
             "model (image_processor.save_pretrained(folder)) so that inputs are normalised as in training."
         ) from error
-    return Segmenter(model, image_processor, device=device, size=parse_image_size(size), **segmenter_kwargs)
+    if autocast_dtype is not None and hasattr(model, "engine_name"):
+        raise ValueError(
+            f"{source!r} is an exported {model.engine_name} folder: it runs in the precision it was exported at "
+            f"({model.spec.precision}); drop --dtype, or export with scripts/export.py --precision bf16."
+        )
+    return Segmenter(model, image_processor, device=device, size=parse_image_size(size),
+                     autocast_dtype=autocast_dtype, **segmenter_kwargs)
 
 
 def _exported_engine_model(source: str) -> Any:

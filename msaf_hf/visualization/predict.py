@@ -1,4 +1,5 @@
-"""``scripts/predict.py``: segment images, folders, globs and videos and write the predictions as pictures.
+"""What ``msaf-hf predict`` (:mod:`msaf_hf.commands.predict`) writes: images, folders, globs and videos segmented
+and written as pictures.
 
 For each image ``NAME``: ``NAME_mask.png`` (a palette PNG whose pixel values are the class ids: lossless and
 reloadable with ``np.array(Image.open(path))``), ``NAME_overlay.jpg`` (the image blended with the class colours)
@@ -6,9 +7,8 @@ and, with ``--fusion_maps``, ``NAME_fusion1.jpg`` .. ``NAME_fusion3.jpg`` (MSAF'
 For each video: ``NAME_overlay.mp4`` (and ``NAME_fusion{1,2,3}.mp4``) plus ``NAME_timing.json``, a per-frame
 timing summary. Once per run: ``legend.png`` (and ``fusion_scale.png``).
 
-``--dataset NAME_OR_FOLDER --split S`` predicts a split of a dataset (a Hub dataset id, a local Hub-style folder,
-``synthetic``, or a folder of plain images), read with ``msaf_hf.data.load_split`` (purpose ``"prediction"``) and
-prepared by the checkpoint's image processor; each example is written under its name.
+:func:`predict_dataset` predicts a split of a dataset (``--dataset NAME_OR_FOLDER --split S``, read by the command
+with ``msaf_hf.data.load_split``, purpose ``"prediction"``); each example is written under its name.
 
 Inputs inside a folder keep their relative path under ``--output_dir``. Files that cannot be read are reported
 and skipped, with a count at the end; a video whose codec cannot be decoded stops the run before any work with a
@@ -17,12 +17,10 @@ clear message; an output folder that would write into an input folder, or over a
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import logging
 import statistics
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,17 +29,15 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .inference import Segmenter, load_segmenter
+from .inference import Segmenter
+from .pipeline import OrderedWorker, prefetch, throughput_against_latency
 from .rendering import (
     FUSION_RANGE,
     fusion_heatmap,
-    fusion_scale_image,
-    legend_image,
     overlay,
     save_image,
     save_palette_mask,
 )
-from .windows import add_sliding_window_arguments, check_sliding_window_flags, sliding_window_segmenter_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +47,6 @@ __all__ = [
     "InputItem",
     "PredictionSummary",
     "collect_inputs",
-    "main",
-    "load_prediction_dataset",
     "predict_dataset",
     "predict_images",
     "predict_video",
@@ -221,11 +215,14 @@ def predict_images(
     progress: Any = None,
     summary: PredictionSummary | None = None,
     fusion_range: tuple[float, float] = FUSION_RANGE,
+    pipeline_depth: int = 2,
 ) -> PredictionSummary:
-    """Segment image inputs in batches and write their pictures (see the module docstring)."""
+    """Segment image inputs in batches and write their pictures (see the module docstring). Decoding, inference and
+    writing overlap (`msaf_hf.visualization.pipeline`, at most `pipeline_depth` items ahead; 0: one after the
+    other); the outputs are the same either way."""
     summary = summary or PredictionSummary()
     return _predict_batches(segmenter, _read_images(items, summary, progress), output_dir, batch_size, alpha,
-                            fusion_maps, progress, summary, fusion_range)
+                            fusion_maps, progress, summary, fusion_range, pipeline_depth)
 
 
 def _predict_batches(
@@ -238,35 +235,33 @@ def _predict_batches(
     progress: Any,
     summary: PredictionSummary,
     fusion_range: tuple[float, float],
+    pipeline_depth: int,
 ) -> PredictionSummary:
     batch: list[tuple[InputItem, Image.Image]] = []
 
-    def flush() -> None:
-        start = time.perf_counter()
-        results = segmenter.predict([image for _, image in batch], fusion_maps=fusion_maps)
-        summary.model_seconds += time.perf_counter() - start
+    def write(batch: list[tuple[InputItem, Image.Image]], results: list[Any]) -> None:
         for (item, image), result in zip(batch, results, strict=False):
             _write_image_outputs(segmenter, item, image, result, output_dir, alpha, summary, fusion_range)
         summary.images += len(batch)
         if progress is not None:
             progress.update(len(batch))
-        batch.clear()
 
-    for item, image in images:
-        batch.append((item, image))
-        if len(batch) == batch_size:
+    with OrderedWorker(pipeline_depth) as writer:
+
+        def flush() -> None:
+            start = time.perf_counter()
+            results = segmenter.predict([image for _, image in batch], fusion_maps=fusion_maps)
+            summary.model_seconds += time.perf_counter() - start
+            writer.submit(write, list(batch), results)
+            batch.clear()
+
+        for item, image in prefetch(images, pipeline_depth):
+            batch.append((item, image))
+            if len(batch) == batch_size:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
     return summary
-
-
-def load_prediction_dataset(source: str, split: str, segmenter: Segmenter) -> Any:
-    """One split of a dataset (``--dataset``/``--split``) for prediction: ``msaf_hf.data.load_split`` with the
-    checkpoint's image processor; labels, if any, are not read."""
-    from ..data import load_split
-
-    return load_split(source, split, "prediction", image_processor=segmenter.image_processor, split_flag="--split")
 
 
 def predict_dataset(
@@ -280,8 +275,9 @@ def predict_dataset(
     progress: Any = None,
     summary: PredictionSummary | None = None,
     fusion_range: tuple[float, float] = FUSION_RANGE,
+    pipeline_depth: int = 2,
 ) -> PredictionSummary:
-    """Segment every example of a prediction dataset (:func:`load_prediction_dataset`) and write its pictures
+    """Segment every example of a prediction dataset (``msaf-hf predict --dataset``) and write its pictures
     under its name (without the extension; repeated names get ``-2``, ``-3``, ...). Examples that cannot be read are
     reported and skipped."""
     from ..data import BadExampleError
@@ -306,7 +302,7 @@ def predict_dataset(
                     progress.update(1)
 
     return _predict_batches(segmenter, readable(), output_dir, batch_size, alpha, fusion_maps, progress, summary,
-                            fusion_range)
+                            fusion_range, pipeline_depth)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -348,9 +344,12 @@ def predict_video(
     progress: Any = None,
     summary: PredictionSummary | None = None,
     fusion_range: tuple[float, float] = FUSION_RANGE,
+    pipeline_depth: int = 2,
+    single_image_latency_s: float | None = None,
 ) -> dict[str, Any]:
     """Segment a video frame by frame (streamed, in batches) into ``NAME_overlay.mp4`` (+ fusion videos) and write
-    ``NAME_timing.json``; returns the timing summary."""
+    ``NAME_timing.json``; returns the timing summary. Decoding, inference and encoding overlap as in
+    `predict_images`; `single_image_latency_s` (the model's, measured apart) is recorded beside the frames/s."""
     from .video import VideoReader, VideoWriter
 
     summary = summary or PredictionSummary()
@@ -363,26 +362,31 @@ def predict_video(
         try:
             batch: list[Image.Image] = []
 
-            def flush() -> None:
-                model_start = time.perf_counter()
-                results = segmenter.predict(batch, fusion_maps=fusion_maps)
-                summary.model_seconds += time.perf_counter() - model_start
-                for frame, result in zip(batch, results, strict=False):
-                    per_frame.append(result.seconds)
+            def encode(frames: list[Image.Image], results: list[Any]) -> None:
+                for frame, result in zip(frames, results, strict=False):
                     writers["overlay"].write(overlay(frame, result.label_map, segmenter.palette, alpha))
                     for index, weights in enumerate(result.fusion_weights or (), start=1):
                         writers[f"fusion{index}"].write(fusion_heatmap(frame, weights, value_range=fusion_range))
-                summary.frames += len(batch)
                 if progress is not None:
-                    progress.update(len(batch))
-                batch.clear()
+                    progress.update(len(frames))
 
-            for frame in reader:
-                batch.append(frame)
-                if len(batch) == batch_size:
+            with OrderedWorker(pipeline_depth) as encoder:
+
+                def flush() -> None:
+                    model_start = time.perf_counter()
+                    results = segmenter.predict(batch, fusion_maps=fusion_maps)
+                    summary.model_seconds += time.perf_counter() - model_start
+                    per_frame.extend(result.seconds for result in results)
+                    summary.frames += len(batch)
+                    encoder.submit(encode, list(batch), results)
+                    batch.clear()
+
+                for frame in prefetch(reader, pipeline_depth):
+                    batch.append(frame)
+                    if len(batch) == batch_size:
+                        flush()
+                if batch:
                     flush()
-            if batch:
-                flush()
         except BaseException:
             for writer in writers.values():
                 writer.abort()
@@ -398,6 +402,8 @@ def predict_video(
             height=reader.height,
             batch_size=batch_size,
             device=str(segmenter.device),
+            pipeline_depth=pipeline_depth,
+            **throughput_against_latency(per_frame, time.perf_counter() - start, single_image_latency_s),
         )
     timing_path = Path(f"{base}_timing.json")
     timing_path.write_text(json.dumps(timing, indent=2) + "\n", encoding="utf-8")
@@ -408,191 +414,3 @@ def predict_video(
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="a save_pretrained folder or a Hub model id")
-    parser.add_argument(
-        "inputs", nargs="*", metavar="INPUT", help="image or video files, folders or globs ('imgs/*.jpg')"
-    )
-    parser.add_argument(
-        "--dataset",
-        default=None,
-        help="also predict a dataset split: a Hub dataset id, a local Hub-style folder (e.g. *.parquet shards), "
-        "'synthetic', or a folder of plain images (read by msaf_hf.data with the checkpoint's preprocessing)",
-    )
-    parser.add_argument("--split", default="validation", help="the --dataset split to predict (default validation)")
-    parser.add_argument("--output_dir", "--output-dir", required=True, type=Path, help="where the pictures go")
-    parser.add_argument("--batch_size", "--batch-size", type=int, default=4, help="images (or frames) per forward pass")
-    parser.add_argument("--alpha", type=float, default=0.5, help="weight of the class colours in the overlay (0..1)")
-    parser.add_argument(
-        "--size",
-        default=None,
-        help="model input size: HxW (e.g. 512x1024) or N (shorter side, aspect kept); default: the "
-        "image processor's (DSNet: the native image size)",
-    )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
-    parser.add_argument(
-        "--fusion_maps",
-        "--fusion-maps",
-        action="store_true",
-        help="also write MSAF's three fusion-weight maps as heatmaps over each image",
-    )
-    parser.add_argument(
-        "--fusion_range",
-        "--fusion-range",
-        type=float,
-        nargs=2,
-        default=None,
-        metavar=("LOW", "HIGH"),
-        help="fusion weights mapped to the two ends of the heatmap colours (default 0.3 0.7)",
-    )
-    add_sliding_window_arguments(parser)
-    parser.add_argument("--revision", default=None, help="Hub revision of the model")
-    parser.add_argument(
-        "--trust_remote_code",
-        "--trust-remote-code",
-        action="store_true",
-        help="load the model code shipped with the checkpoint (not needed with msaf_hf installed)",
-    )
-    parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def load_model_for_prediction(args: argparse.Namespace) -> Segmenter:
-    """Where ``predict.py`` loads its model (swap in other model formats here)."""
-    return load_segmenter(
-        args.model, device=args.device, size=args.size, revision=args.revision,
-        trust_remote_code=args.trust_remote_code, **sliding_window_segmenter_kwargs(args),
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0: done, 1: nothing could be read, 2: bad arguments or input)."""
-    from tqdm.auto import tqdm
-
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(format="%(levelname)s %(message)s", level=logging.INFO)
-    if not 0.0 <= args.alpha <= 1.0:
-        print(f"error: --alpha must be in [0, 1], got {args.alpha}", file=sys.stderr)
-        return 2
-    fusion_range = tuple(args.fusion_range) if args.fusion_range else FUSION_RANGE
-    if not fusion_range[1] > fusion_range[0]:
-        print(f"error: --fusion-range needs LOW < HIGH, got {args.fusion_range}", file=sys.stderr)
-        return 2
-    if args.batch_size < 1:
-        print(f"error: --batch_size must be >= 1, got {args.batch_size}", file=sys.stderr)
-        return 2
-    if not args.inputs and args.dataset is None:
-        print("error: give images, videos, folders or globs to predict, or --dataset", file=sys.stderr)
-        return 2
-    try:
-        check_sliding_window_flags(args)
-        items, folders = collect_inputs(args.inputs)
-        if args.dataset is not None and Path(args.dataset).is_dir():
-            folders.append(Path(args.dataset))  # the output folder must not be inside it either
-        check_output_dir(args.output_dir, items, folders, args.fusion_maps)
-        unreadable: list[tuple[InputItem, str]] = []
-        videos = [item for item in items if item.kind == "video"]
-        if videos:  # fail before any work on a codec that cannot be decoded (VideoError)
-            from .video import VideoReader
-
-            for item in videos:
-                try:
-                    VideoReader(item.path).close()
-                except OSError as error:  # not a media file at all: skipped like an unreadable image
-                    logger.warning("Skipping %s: %s", item.path, error)
-                    unreadable.append((item, str(error)))
-            skipped_ids = {id(item) for item, _ in unreadable}
-            items = [item for item in items if id(item) not in skipped_ids]
-        if not items and args.dataset is None:
-            raise FileNotFoundError("no image or video inputs found in " + ", ".join(args.inputs))
-    except (FileNotFoundError, ValueError, ImportError) as error:  # VideoError is a ValueError
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    summary = PredictionSummary(skipped=[(item.path, reason) for item, reason in unreadable])
-    try:
-        segmenter = load_model_for_prediction(args)
-    except ValueError as error:
-        if args.sliding_window is None:
-            raise
-        print(f"error: --sliding_window/--stride: {error}", file=sys.stderr)  # the model's own rules
-        return 2
-    dataset = None
-    if args.dataset is not None:
-        try:
-            dataset = load_prediction_dataset(args.dataset, args.split, segmenter)
-        except (FileNotFoundError, ValueError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-    if args.fusion_maps and not segmenter.supports_fusion_maps:
-        print("error: --fusion_maps needs a DSNet model (the maps are its MSAF weights).", file=sys.stderr)
-        return 2
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    summary.written.append(
-        save_image(legend_image(segmenter.id2label, segmenter.palette), args.output_dir / "legend.png")
-    )
-    if args.fusion_maps:
-        summary.written.append(
-            save_image(fusion_scale_image(value_range=fusion_range), args.output_dir / "fusion_scale.png")
-        )
-
-    start = time.perf_counter()
-    images = [item for item in items if item.kind == "image"]
-    videos = [item for item in items if item.kind == "video"]
-    with tqdm(total=len(images), desc="images", unit="img", disable=args.no_progress or not images) as progress:
-        predict_images(
-            segmenter,
-            images,
-            args.output_dir,
-            batch_size=args.batch_size,
-            alpha=args.alpha,
-            fusion_maps=args.fusion_maps,
-            progress=progress,
-            summary=summary,
-            fusion_range=fusion_range,
-        )
-    if dataset is not None:
-        with tqdm(total=len(dataset), desc=f"{args.dataset} ({args.split})", unit="img",
-                  disable=args.no_progress) as progress:
-            predict_dataset(segmenter, dataset, args.output_dir, batch_size=args.batch_size, alpha=args.alpha,
-                            fusion_maps=args.fusion_maps, progress=progress, summary=summary,
-                            fusion_range=fusion_range)
-    for item in videos:
-        from .video import VideoError
-
-        try:
-            with tqdm(desc=item.path.name, unit="frame", disable=args.no_progress) as progress:
-                timing = predict_video(
-                    segmenter,
-                    item,
-                    args.output_dir,
-                    batch_size=args.batch_size,
-                    alpha=args.alpha,
-                    fusion_maps=args.fusion_maps,
-                    progress=progress,
-                    summary=summary,
-                    fusion_range=fusion_range,
-                )
-            ms = timing.get("model_ms_per_frame", {})
-            print(
-                f"{item.path}: {timing['frames']} frames, model {ms.get('median', float('nan')):.1f} ms/frame "
-                f"(median; p90 {ms.get('p90', float('nan')):.1f}), end to end {timing.get('end_to_end_fps') or 0:.1f} "
-                f"fps -> {args.output_dir / item.name}_overlay.mp4"
-            )
-        except VideoError as error:
-            logger.error("%s", error)
-            summary.skipped.append((item.path, str(error)))
-    summary.seconds = time.perf_counter() - start
-
-    done = summary.images + summary.frames
-    rate = done / summary.seconds if summary.seconds > 0 else float("nan")
-    model_rate = done / summary.model_seconds if summary.model_seconds > 0 else float("nan")
-    print(
-        f"{summary.images} images and {summary.frames} video frames in {summary.seconds:.2f} s: {rate:.2f} fps end "
-        f"to end, {model_rate:.2f} fps in the model ({segmenter.device}); results in {args.output_dir}"
-    )
-    if summary.skipped:
-        print(f"skipped {len(summary.skipped)} unreadable file(s):")
-        for path, reason in summary.skipped:
-            print(f"  {path}: {reason}")
-    return 0 if done else 1

@@ -141,7 +141,7 @@ def test_push_accepts_the_dashed_spellings():
 
 
 def test_predict_accepts_the_dashed_spellings():
-    from msaf_hf.visualization.predict import build_parser
+    from msaf_hf.commands.predict import build_parser
 
     base = ["model", "a.png", "--output_dir", "out"]
     dashed = build_parser().parse_args([*base, "--no-progress", "--fusion-maps", "--trust-remote-code"])

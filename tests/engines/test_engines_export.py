@@ -352,7 +352,8 @@ def test_package_imports_without_any_engine():
 def test_benchmark_engine_variants_are_validated():
     from msaf_hf.benchmarking import ENGINE_VARIANTS, InferenceCase
 
-    assert set(ENGINE_VARIANTS) == {"openvino-fp32", "openvino-int8", "onnxruntime-fp32", "onnxruntime-int8"}
+    assert set(ENGINE_VARIANTS) == {"openvino-fp32", "openvino-bf16", "openvino-int8", "onnxruntime-fp32",
+                                    "onnxruntime-int8"}
     InferenceCase("dsnet", "openvino-int8")
     with pytest.raises(ValueError, match="cannot be torch.compiled"):
         InferenceCase("dsnet", "openvino-fp32", compile_mode="default")

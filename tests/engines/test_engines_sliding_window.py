@@ -53,9 +53,9 @@ def _image(*shape: int) -> torch.Tensor:
 
 
 def test_fixed_size_onnxruntime_export_takes_any_image_through_padded_windows(exported, tiny_model):
-    from msaf_hf.engines import ONNXRuntimeSegmenter, load_segmenter
+    from msaf_hf.engines import ONNXRuntimeSegmenter, load_segmentation_model
 
-    model = load_segmenter(exported["onnxruntime"], num_threads=1)
+    model = load_segmentation_model(exported["onnxruntime"], num_threads=1)
     assert isinstance(model, ONNXRuntimeSegmenter) and model.fixed_input_size == SIZE
     with pytest.raises(ValueError, match="takes 64x64 images only"):
         model(pixel_values=_image(1, 3, 96, 160))  # whole-image inference is refused
@@ -76,9 +76,9 @@ def test_fixed_size_onnxruntime_export_takes_any_image_through_padded_windows(ex
 
 
 def test_openvino_sliding_windows_match_torch(exported, tiny_model):
-    from msaf_hf.engines import load_segmenter
+    from msaf_hf.engines import load_segmentation_model
 
-    model = load_segmenter(exported["openvino"], num_threads=1)
+    model = load_segmentation_model(exported["openvino"], num_threads=1)
     assert model.fixed_input_size is None
     pixel_values = _image(1, 3, 72, 100)
     logits = model.sliding_window_logits(pixel_values, (32, 48), (24, 32))
@@ -88,9 +88,9 @@ def test_openvino_sliding_windows_match_torch(exported, tiny_model):
 
 
 def test_evaluate_and_predict_run_a_fixed_size_export_through_windows(exported, tiny_model, tmp_path):
+    from msaf_hf.commands.predict import main as predict_main
     from msaf_hf.evaluation import main as evaluate_main
     from msaf_hf.visualization import load_mask
-    from msaf_hf.visualization.predict import main as predict_main
 
     folder = exported["onnxruntime"]
     payload = evaluate_main(["--model_name_or_path", str(folder), "--synthetic", "--synthetic_num_eval", "2",

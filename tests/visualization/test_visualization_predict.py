@@ -15,8 +15,8 @@ from conftest import REPO_ROOT
 from PIL import Image
 
 from msaf_hf import DSNetForSemanticSegmentation, DSNetImageProcessor, load_preset
+from msaf_hf.commands.predict import main
 from msaf_hf.visualization import label_colors, load_mask
-from msaf_hf.visualization.predict import main
 
 av = pytest.importorskip("av")
 

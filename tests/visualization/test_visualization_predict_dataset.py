@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from msaf_hf import DSNetForSemanticSegmentation, DSNetImageProcessor, load_preset
-from msaf_hf.visualization.predict import main
+from msaf_hf.commands.predict import main
 
 MEAN, STD = [0.7, 0.2, 0.5], [0.1, 0.3, 0.2]  # far from ImageNet's: its constants would give other masks
 

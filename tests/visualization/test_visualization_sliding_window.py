@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from msaf_hf import DSNetForSemanticSegmentation, DSNetImageProcessor, load_preset
+from msaf_hf.commands.predict import main
 from msaf_hf.visualization import load_mask
 from msaf_hf.visualization.demo import make_predict_fn
 from msaf_hf.visualization.inference import load_segmenter
-from msaf_hf.visualization.predict import main
 
 
 @pytest.fixture(scope="module")
