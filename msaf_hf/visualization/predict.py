@@ -279,9 +279,8 @@ def predict_dataset(
 ) -> PredictionSummary:
     """Segment every example of a prediction dataset (``msaf-hf predict --dataset``) and write its pictures
     under its name (without the extension; repeated names get ``-2``, ``-3``, ...). Examples that cannot be read are
-    reported and skipped."""
-    from ..data import BadExampleError
-
+    reported and skipped: the data layer raises its ``BadExampleError``, a ``ValueError`` naming the example (this
+    module knows no data layer)."""
     summary = summary or PredictionSummary()
     used: dict[str, int] = {}
 
@@ -295,7 +294,7 @@ def predict_dataset(
             item = InputItem(Path(name), stem if not count else f"{stem}-{count + 1}", "image")
             try:
                 yield item, dataset.load_image(index)
-            except BadExampleError as error:
+            except ValueError as error:
                 logger.warning("Skipping %s", error)
                 summary.skipped.append((item.path, str(error)))
                 if progress is not None:
