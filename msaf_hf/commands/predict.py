@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..cpu_features import UnsupportedPrecisionError
 from ..visualization.inference import Segmenter, load_segmenter, resolve_device
 from ..visualization.pipeline import single_image_latency
 from ..visualization.predict import (
@@ -182,6 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         segmenter = load_model_for_prediction(args)
+    except UnsupportedPrecisionError as error:  # --dtype bfloat16 on a CPU without bfloat16
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except ValueError as error:
         if args.sliding_window is None:
             raise
