@@ -214,44 +214,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     videos = [item for item in items if item.kind == "video"]
     # The reference for the frames/s report (not worth 4 extra passes for a single picture).
     latency = single_image_latency(segmenter, videos + images) if len(images) > 1 or videos else None
+    # What every kind of input is predicted with.
+    options = dict(batch_size=args.batch_size, alpha=args.alpha, fusion_maps=args.fusion_maps, summary=summary,
+                   fusion_range=fusion_range, pipeline_depth=args.pipeline_depth)
     start = time.perf_counter()
     with tqdm(total=len(images), desc="images", unit="img", disable=args.no_progress or not images) as progress:
-        predict_images(
-            segmenter,
-            images,
-            args.output_dir,
-            batch_size=args.batch_size,
-            alpha=args.alpha,
-            fusion_maps=args.fusion_maps,
-            progress=progress,
-            summary=summary,
-            fusion_range=fusion_range,
-            pipeline_depth=args.pipeline_depth,
-        )
+        predict_images(segmenter, images, args.output_dir, progress=progress, **options)
     if dataset is not None:
         with tqdm(total=len(dataset), desc=f"{args.dataset} ({args.split})", unit="img",
                   disable=args.no_progress) as progress:
-            predict_dataset(segmenter, dataset, args.output_dir, batch_size=args.batch_size, alpha=args.alpha,
-                            fusion_maps=args.fusion_maps, progress=progress, summary=summary,
-                            fusion_range=fusion_range, pipeline_depth=args.pipeline_depth)
+            predict_dataset(segmenter, dataset, args.output_dir, progress=progress, **options)
     for item in videos:
         from ..visualization.video import VideoError
 
         try:
             with tqdm(desc=item.path.name, unit="frame", disable=args.no_progress) as progress:
-                timing = predict_video(
-                    segmenter,
-                    item,
-                    args.output_dir,
-                    batch_size=args.batch_size,
-                    alpha=args.alpha,
-                    fusion_maps=args.fusion_maps,
-                    progress=progress,
-                    summary=summary,
-                    fusion_range=fusion_range,
-                    pipeline_depth=args.pipeline_depth,
-                    single_image_latency_s=latency,
-                )
+                timing = predict_video(segmenter, item, args.output_dir, progress=progress,
+                                       single_image_latency_s=latency, **options)
             ms = timing.get("model_ms_per_frame", {})
             print(
                 f"{item.path}: {timing['frames']} frames, model {ms.get('median', float('nan')):.1f} ms/frame "
