@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = REPO_ROOT / "msaf_hf"
 COMMANDS = "msaf_hf.commands"
@@ -168,6 +170,7 @@ def test_modules_stay_small():
     assert {name: size for name, size in sizes.items() if size > 600 and name != "msaf_hf.modeling_dsnet"} == {}
 
 
+@pytest.mark.slow  # a fresh interpreter (about 5 s)
 def test_import_msaf_hf_stays_light():
     heavy = ("datasets", "msaf_hf.data", "msaf_hf.training", "msaf_hf.evaluation.evaluator", "msaf_hf.hub")
     code = f"import sys, msaf_hf; print(sorted(m for m in {heavy!r} if m in sys.modules))"

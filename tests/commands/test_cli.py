@@ -43,6 +43,7 @@ def test_msaf_hf_help_lists_the_subcommands(capsys):
     assert all(re.search(rf"^  {name} ", listing, re.M) for name in SUBCOMMANDS), listing
 
 
+@pytest.mark.slow  # fresh interpreters (about 5 s)
 def test_python_m_msaf_hf_dispatches_the_subcommands(tmp_path):
     train_help = _run_module("train", "--help", cwd=tmp_path)  # the module form `accelerate launch -m` runs
     assert train_help.returncode == 0, train_help.stderr

@@ -72,7 +72,7 @@ def test_len_is_the_number_of_rows_and_max_train_samples_takes_the_first_rows(pa
     assert sorted(sum(seen, [])) == list(range(10))
 
 
-@pytest.mark.parametrize("label_format", ["index", "colour"])
+@pytest.mark.parametrize("label_format", ["index", pytest.param("colour", marks=pytest.mark.slow)])
 def test_streamed_examples_are_decoded_mapped_and_validated_like_map_style(parquet_folder, tmp_path, label_format):
     """Same decoding (index masks; colour masks with --label_colors and auto-detected pixel_values/annotation
     columns), label mapping (--void_labels 2) and transform as map-style data (deterministic here)."""
@@ -100,6 +100,8 @@ def test_eval_split_stays_map_style(parquet_folder):
     assert data.id2label == {0: "class0", 1: "class1", 2: "class2"}
 
 
+# Slow: a parquet stream closed before its end costs 5 s in datasets (its wait for arrow's reader threads to stop).
+@pytest.mark.slow
 def test_a_bad_example_is_named_or_skipped(tmp_path, caplog):
     folder = write_parquet_folder(tmp_path / "data", num_rows=12, num_shards=2, bad_row=5)
     dataset = share(streaming_args(folder), 0, 1, None)

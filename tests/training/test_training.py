@@ -317,6 +317,7 @@ def test_bf16_mixed_precision_keeps_float32_weights(tmp_path):
     assert json.loads((tmp_path / "final" / "training_hyperparameters.json").read_text())["mixed_precision"] == "bf16"
 
 
+@pytest.mark.slow
 def test_saved_folders_reload_with_the_dataset_labels(tmp_path):
     output = train(*tiny_run(tmp_path, eval_steps="4", synthetic_num_labels=3))
     names = synthetic_id2label(3)
