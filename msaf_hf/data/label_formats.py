@@ -197,6 +197,24 @@ def describe_value(value: Any) -> str:
     return f" {str(path)!r}" if path else ""
 
 
+def color_table_for_flag(
+    label_colors: str | None, given: ColorTable | None = None, *, ignore_index: int = 255,
+    unknown_to_ignore: bool = False,
+) -> ColorTable | None:
+    """The colour table of ``--label_colors FILE|model`` (None without the flag). ``model`` means the fine-tuned
+    model's colours, which the caller passes as ``given``; a file is read with :meth:`ColorTable.from_file`."""
+    if label_colors is None:
+        return None
+    if given is not None:
+        return given
+    if label_colors.strip().lower() == "model":
+        raise ValueError(
+            "--label_colors model takes the colours of the model being fine-tuned: it works in training with "
+            "--model_name_or_path (a model whose config has label2color); elsewhere pass --label_colors FILE.json."
+        )
+    return ColorTable.from_file(label_colors, ignore_index=ignore_index, unknown_to_ignore=unknown_to_ignore)
+
+
 def color_table_from_config(config: Any, ignore_index: int = 255, unknown_to_ignore: bool = False) -> ColorTable:
     """The :class:`ColorTable` of a model config's ``label2color`` (``--label_colors model``)."""
     label2color = getattr(config, "label2color", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,8 @@ import numpy as np
 from ..presets import find_configuration_file
 from .bad_examples import ExampleProblem
 from .images import is_image_value, open_image
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
 
@@ -110,6 +113,18 @@ def load_id2label_file(path: str | os.PathLike) -> dict[int, str]:
         raise ValueError(f"id2label file {str(file)!r}: keys must be integer class ids ({err}).") from err
     check_id2label(id2label, f"id2label file {str(file)!r}")
     return dict(sorted(id2label.items()))
+
+
+def hub_id2label(dataset_name: str) -> dict[int, str] | None:
+    """``id2label.json`` at the root of a Hub dataset repository (the HF segmentation examples' convention), or
+    None where there is none (or the Hub cannot be reached)."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return load_id2label_file(hf_hub_download(dataset_name, "id2label.json", repo_type="dataset"))
+    except Exception as err:  # not there, offline, gated, ...: the caller falls through to its next way
+        logger.debug("No id2label.json in Hub dataset %s: %s", dataset_name, err)
+        return None
 
 
 def check_id2label(id2label: dict[int, str], where: str) -> None:

@@ -19,17 +19,18 @@ from .bad_examples import DataStats, ExampleProblem
 from .coco import CocoSource, coco_id2label, read_coco_file
 from .dataset import SegmentationDataset
 from .image_dataset import HubImageSource, ImageDataset, ImageFolderSource, PairImageSource
-from .label_formats import ColorTable, find_columns
+from .label_formats import ColorTable, color_table_for_flag, find_columns
 from .labels import (
     CITYSCAPES_ID2LABEL,
     IGNORE_INDEX,
     LabelMapper,
     check_id2label,
     find_class_label,
+    hub_id2label,
     load_id2label_file,
     synthetic_id2label,
 )
-from .sources import HubSource, cityscapes_source, folder_source
+from .sources import HubSource, cityscapes_source, folder_source, pick_split
 from .streaming import load_streaming_splits
 from .synthetic import make_synthetic_segmentation_dataset
 from .transforms import (
@@ -61,22 +62,6 @@ class SegmentationData:
         return {name: i for i, name in self.id2label.items()}
 
 
-_EVAL_SPLIT_ALIASES = {"validation": ("val", "valid", "dev"), "val": ("validation", "valid")}
-
-
-def _pick_split(available: Sequence[str], requested: str, flag: str, where: str) -> str:
-    if requested in available:
-        return requested
-    for alias in _EVAL_SPLIT_ALIASES.get(requested, ()):
-        if alias in available:
-            logger.info("%s: split '%s' not found, using '%s'.", where, requested, alias)
-            return alias
-    hint = f"pass {flag} <split>"
-    if flag == "--eval_split":
-        hint += ", --eval_split_fraction 0.1 (carve it from the training split) or --eval_split none"
-    raise ValueError(f"{where}: split '{requested}' not found (available: {list(available)}); {hint}.")
-
-
 def _local_id2label_candidates(args: DataArguments) -> list[Path]:
     """Where an ``id2label.json`` shipped with local data may sit."""
     folders: list[Path] = []
@@ -88,17 +73,6 @@ def _local_id2label_candidates(args: DataArguments) -> list[Path]:
     if args.cityscapes_root is not None:
         folders.append(Path(args.cityscapes_root))
     return [folder / "id2label.json" for folder in folders]
-
-
-def _hub_id2label(dataset_name: str) -> dict[int, str] | None:
-    """``id2label.json`` at the root of a Hub dataset repository (the HF segmentation examples' convention)."""
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return load_id2label_file(hf_hub_download(dataset_name, "id2label.json", repo_type="dataset"))
-    except Exception as err:  # not there, offline, gated, ...: fall through to the next way
-        logger.debug("No id2label.json in Hub dataset %s: %s", dataset_name, err)
-        return None
 
 
 def _infer_num_labels(source: Any, indices: Sequence[int], mapper: LabelMapper, where: str) -> int:
@@ -407,7 +381,7 @@ def _open_hub_dataset(args: DataArguments, kind: str) -> _HubDataset:
 
 
 def _hub_split(args: DataArguments, hub: _HubDataset, requested: str, flag: str, labels: bool) -> OpenedSplit:
-    name = _pick_split(list(hub.splits), requested, flag, hub.where)
+    name = pick_split(list(hub.splits), requested, flag, hub.where)
     description = f"{hub.where}, split '{name}'"
     features = hub.splits[name].features
     image_column, label_column = find_columns(features, args.image_column, args.label_column, description,
@@ -483,16 +457,10 @@ def _apply_label_format(
     args: DataArguments, opened: Sequence[OpenedSplit | None], color_table: ColorTable | None
 ) -> None:
     """Colour masks: decode every label of the opened splits through the colour table (``--label_colors``)."""
-    if args.label_colors is None:
-        return
+    color_table = color_table_for_flag(args.label_colors, color_table, ignore_index=args.ignore_index,
+                                       unknown_to_ignore=args.unknown_colors_to_ignore)
     if color_table is None:
-        if args.label_colors.strip().lower() == "model":
-            raise ValueError(
-                "--label_colors model takes the colours of the model being fine-tuned: it works in training with "
-                "--model_name_or_path (a model whose config has label2color); elsewhere pass --label_colors FILE.json."
-            )
-        color_table = ColorTable.from_file(args.label_colors, ignore_index=args.ignore_index,
-                                           unknown_to_ignore=args.unknown_colors_to_ignore)
+        return
     for split in opened:
         if split is None:
             continue
@@ -565,7 +533,7 @@ def _resolve_id2label(
                 logger.info("Class names from %s", candidate)
                 break
         if id2label is None and kind == "hub" and not Path(args.dataset_name).exists():
-            id2label = _hub_id2label(args.dataset_name)
+            id2label = hub_id2label(args.dataset_name)
         if id2label is None:
             scan_mapper = LabelMapper(None, args.ignore_index, opened.void_labels, args.reduce_labels)
             num_labels = _infer_num_labels(opened.source, indices, scan_mapper, where)

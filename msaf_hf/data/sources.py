@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,3 +233,23 @@ def cityscapes_source(root: str, split: str, ignore_index: int, skip_bad: bool) 
     if not pairs:
         raise ValueError(f"{description} is empty: no */*_leftImg8bit.png with a matching gtFine labelIds file.")
     return PairSource(pairs, description, lut=cityscapes_lut(ignore_index), ignore_index=ignore_index), len(unmatched)
+
+
+# Splits that Hub datasets name in several ways: a requested name falls back to its aliases (with a log line).
+SPLIT_ALIASES = {"validation": ("val", "valid", "dev"), "val": ("validation", "valid")}
+
+
+def pick_split(available: Sequence[str], requested: str, flag: str, where: str, *, can_carve: bool = True) -> str:
+    """The split ``requested`` of a dataset with ``available`` splits, else one of its aliases; an error that
+    lists the splits and says which flag to pass (``can_carve``: ``--eval_split_fraction`` can make the split)."""
+    if requested in available:
+        return requested
+    for alias in SPLIT_ALIASES.get(requested, ()):
+        if alias in available:
+            logger.info("%s: split '%s' not found, using '%s'.", where, requested, alias)
+            return alias
+    hint = f"pass {flag} <split>"
+    if flag == "--eval_split":
+        carve = ", --eval_split_fraction 0.1 (carve it from the training split)" if can_carve else ""
+        hint += f"{carve} or --eval_split none"
+    raise ValueError(f"{where}: split '{requested}' not found (available: {list(available)}); {hint}.")

@@ -39,9 +39,9 @@ import torch
 from .arguments import DataArguments
 from .bad_examples import SKIP_REASONS, BadExampleError, ExampleProblem
 from .dataset import SegmentationDataset, checked_label
-from .label_formats import ColorTable, find_columns
-from .labels import LabelMapper, check_id2label, find_class_label, load_id2label_file
-from .sources import HubSource
+from .label_formats import ColorTable, color_table_for_flag, find_columns
+from .labels import LabelMapper, check_id2label, find_class_label, hub_id2label, load_id2label_file
+from .sources import HubSource, pick_split
 from .transforms import (
     SegmentationEvalTransform,
     SegmentationTrainTransform,
@@ -53,7 +53,6 @@ from .transforms import (
 
 logger = logging.getLogger(__name__)
 
-_SPLIT_ALIASES = {"validation": ("val", "valid", "dev"), "val": ("validation", "valid")}
 
 
 class StreamSkipStats:
@@ -260,12 +259,13 @@ def load_streaming_splits(
         ) from err
     if not isinstance(streams, datasets.IterableDatasetDict):
         streams = datasets.IterableDatasetDict({args.train_split: streams})
-    train_split = _pick_split(list(streams), args.train_split, "--train_split", where)
+    train_split = pick_split(list(streams), args.train_split, "--train_split", where, can_carve=False)
     description = f"{where}, split '{train_split}' (streamed)"
     image_column, label_column = find_columns(streams[train_split].features, args.image_column, args.label_column,
                                               description)
     source = HubSource(streams[train_split], image_column, label_column, args.name_column, description)
-    color_table = _color_table(args, color_table)
+    color_table = color_table_for_flag(args.label_colors, color_table, ignore_index=args.ignore_index,
+                                       unknown_to_ignore=args.unknown_colors_to_ignore)
     if color_table is not None:
         source.label_decoder = color_table.decode
     num_rows = count_rows(args, train_split)
@@ -302,7 +302,7 @@ def load_streaming_splits(
     )
     eval_dataset = None
     if args.eval_split is not None:
-        eval_split = _pick_split(list(streams), args.eval_split, "--eval_split", where)
+        eval_split = pick_split(list(streams), args.eval_split, "--eval_split", where, can_carve=False)
         eval_dataset = _in_memory_eval(args, streams[eval_split], f"{where}, split '{eval_split}'", mapper, seed,
                                        processor, color_table)
     train.id2label = id2label
@@ -334,21 +334,6 @@ def _in_memory_eval(args: DataArguments, stream: Any, where: str, mapper: LabelM
     )
 
 
-def _color_table(args: DataArguments, color_table: ColorTable | None) -> ColorTable | None:
-    """The colour table of ``--label_colors`` (or the one given: the fine-tuned model's), as map-style data."""
-    if args.label_colors is None:
-        return None
-    if color_table is None:
-        if args.label_colors.strip().lower() == "model":
-            raise ValueError(
-                "--label_colors model takes the colours of the model being fine-tuned: it works in training with "
-                "--model_name_or_path (a model whose config has label2color); elsewhere pass --label_colors FILE.json."
-            )
-        color_table = ColorTable.from_file(args.label_colors, ignore_index=args.ignore_index,
-                                           unknown_to_ignore=args.unknown_colors_to_ignore)
-    return color_table
-
-
 def count_rows(args: DataArguments, split: str) -> int | None:
     """Rows of ``split``: the split sizes of the dataset card, else the parquet footers of its files; None when
     neither is available."""
@@ -376,17 +361,6 @@ def count_rows(args: DataArguments, split: str) -> int | None:
         return None
 
 
-def _pick_split(available: list[str], requested: str, flag: str, where: str) -> str:
-    if requested in available:
-        return requested
-    for alias in _SPLIT_ALIASES.get(requested, ()):
-        if alias in available:
-            logger.info("%s: split '%s' not found, using '%s'.", where, requested, alias)
-            return alias
-    hint = f"pass {flag} <split>" + (" or --eval_split none" if flag == "--eval_split" else "")
-    raise ValueError(f"{where}: split '{requested}' not found (available: {available}); {hint}.")
-
-
 def _resolve_id2label(args: DataArguments, source: HubSource, where: str) -> dict[int, str]:
     """``--id2label_file``, else a ``ClassLabel`` label feature, else ``id2label.json`` beside the data (local
     folder or Hub repository root). A stream is not scanned to infer the number of classes."""
@@ -401,12 +375,7 @@ def _resolve_id2label(args: DataArguments, source: HubSource, where: str) -> dic
             candidate = Path(args.dataset_name) / "id2label.json"
             id2label = load_id2label_file(candidate) if candidate.is_file() else None
         else:
-            try:
-                from huggingface_hub import hf_hub_download
-
-                id2label = load_id2label_file(hf_hub_download(args.dataset_name, "id2label.json", repo_type="dataset"))
-            except Exception as err:  # not there, offline, gated: the error below says what to do
-                logger.debug("No id2label.json in Hub dataset %s: %s", args.dataset_name, err)
+            id2label = hub_id2label(args.dataset_name)
     if id2label is None:
         raise ValueError(
             f"No class names found for {where} (no ClassLabel feature, no id2label.json beside the data), and a "
