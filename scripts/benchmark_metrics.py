@@ -331,6 +331,27 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The benchmark with the options of :func:`main`'s parser (also ``msaf-hf benchmark metrics``'s); prints the
+    table and returns the report."""
+    report = run_metrics_benchmark(
+        num_samples=args.num_samples,
+        height=args.height,
+        width=args.width,
+        num_classes=args.num_classes,
+        ignore_fraction=args.ignore_fraction,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        device=args.device,
+        seed=args.seed,
+        include_slow_baselines=not args.skip_slow_baselines,
+        threads=args.threads,
+    )
+    print(format_table(report))
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num_samples", "--num-samples", type=int, default=101)
@@ -354,21 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the full report to this JSON file")
     args = parser.parse_args(argv)
 
-    report = run_metrics_benchmark(
-        num_samples=args.num_samples,
-        height=args.height,
-        width=args.width,
-        num_classes=args.num_classes,
-        ignore_fraction=args.ignore_fraction,
-        batch_size=args.batch_size,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        device=args.device,
-        seed=args.seed,
-        include_slow_baselines=not args.skip_slow_baselines,
-        threads=args.threads,
-    )
-    print(format_table(report))
+    report = run_from_args(args)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

@@ -311,29 +311,14 @@ def load_metrics_benchmark() -> Any:
 
 
 def run_metrics(args: argparse.Namespace) -> dict[str, Any]:
-    """The metrics engineer's `run_metrics_benchmark` (scripts/benchmark_metrics.py); prints its table."""
+    """The evaluation-metric benchmark of scripts/benchmark_metrics.py (its `run_from_args`); prints its table."""
     module = load_metrics_benchmark()
-    if module is None or not hasattr(module, "run_metrics_benchmark"):
+    if module is None or not hasattr(module, "run_from_args"):
         raise SystemExit(
-            f"The evaluation-metric benchmark needs run_metrics_benchmark() from {METRICS_SCRIPT}, a development "
+            f"The evaluation-metric benchmark needs run_from_args() from {METRICS_SCRIPT}, a development "
             "script of the source checkout (an installed package does not ship it): run it from a checkout."
         )
-    report = module.run_metrics_benchmark(
-        num_samples=args.num_samples,
-        height=args.height,
-        width=args.width,
-        num_classes=args.num_classes,
-        ignore_fraction=args.ignore_fraction,
-        batch_size=args.batch_size,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        device=args.device,
-        seed=args.seed,
-        include_slow_baselines=not args.skip_slow_baselines,
-        threads=args.threads,
-    )
-    print(module.format_table(report))
-    return report
+    return module.run_from_args(args)
 
 
 def _write_json(path: str, payload: dict[str, Any]) -> None:

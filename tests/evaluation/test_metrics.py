@@ -410,3 +410,15 @@ def test_benchmark_script_is_importable_and_agrees_on_tiny_data():
     assert len(report["metrics"]["per_class_iou"]) == 4
     json.dumps(report)
     assert "msaf_hf" in module.format_table(report)
+
+
+def test_msaf_hf_benchmark_metrics_runs_the_scripts_benchmark(tmp_path, capsys):
+    from msaf_hf.commands import main
+
+    output = tmp_path / "metrics.json"
+    status = main(["benchmark", "metrics", "--num_samples", "2", "--height", "12", "--width", "16", "--num_classes",
+                   "3", "--repeats", "1", "--warmup", "0", "--skip_slow_baselines", "--json", str(output)])
+    assert status == 0
+    assert "all agree: True" in capsys.readouterr().out
+    results = json.loads(output.read_text())["results"]
+    assert results["all_agree"] is True and len(results["metrics"]["per_class_iou"]) == 3
