@@ -1,6 +1,6 @@
 """Helpers to measure DSNet (and a transformers peer, SegFormer-B0): parameters, FLOPs, inference latency and
 throughput, in PyTorch and in the exported engines (training throughput: `msaf_hf.training.throughput`).
-`scripts/benchmark.py` is the command-line front end; the functions here return plain dictionaries so that results
+`msaf-hf benchmark` is the command-line front end; the functions here return plain dictionaries so that results
 can be tabulated or written as JSON.
 
 Timing protocol: the callable is run `warmup` times untimed, then `repeats` times, each repeat timing `number`

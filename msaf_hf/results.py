@@ -1,6 +1,6 @@
 """The results files, written and read here only: ``eval_results.json`` and ``all_results.json``.
 
-``eval_results.json`` (one evaluation, in a model folder or where ``scripts/evaluate.py`` writes it)::
+``eval_results.json`` (one evaluation, in a model folder or where ``msaf-hf evaluate`` writes it)::
 
     {"mean_iou", "pixel_accuracy", "mean_class_accuracy",     # floats, null when undefined
      "per_class_iou", "per_class_accuracy",                    # lists in class-id order, null for absent classes

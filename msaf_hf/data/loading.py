@@ -1,6 +1,6 @@
 """The data entry points: :func:`load_split` (one split of any source, for training, evaluation, int8 calibration or
 prediction) and :func:`load_segmentation_data` (the training and evaluation splits ``DataArguments`` describe, for
-``scripts/train.py``). Both open a source with :func:`_open_split` (step 1), choose the examples (step 2), resolve the
+``msaf-hf train``). Both open a source with :func:`_open_split` (step 1), choose the examples (step 2), resolve the
 class names (step 3) and build the dataset of the purpose."""
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def load_segmentation_data(
     id2label: Mapping[int, str] | None = None,
     color_table: ColorTable | None = None,
 ) -> SegmentationData:
-    """Build the training and evaluation datasets described by ``args`` (what ``scripts/train.py`` trains on).
+    """Build the training and evaluation datasets described by ``args`` (what ``msaf-hf train`` trains on).
 
     ``seed`` seeds the augmentation (pass the training seed). ``image_processor`` is the ``DSNetImageProcessor`` the
     model's inputs are prepared with (the one training saves beside its checkpoints): evaluation images go through

@@ -191,7 +191,7 @@ class StreamingSegmentationDataset(torch.utils.data.IterableDataset):
             if good_in_pass == 0 and read > rows_done:
                 raise RuntimeError(
                     f"Every example process {self.rank} read from {self.source.description} in epoch {epoch} is bad "
-                    f"({self.stats}); nothing to train on. Run scripts/check_data.py on the data."
+                    f"({self.stats}); nothing to train on. Run msaf-hf check-data on the data."
                 )
             if target is None:
                 return

@@ -1,6 +1,6 @@
 """Export DSNet to an inference engine folder: OpenVINO or ONNX Runtime, float32 or int8.
 
-    python scripts/export.py MODEL OUTPUT_DIR --engine {openvino,onnxruntime} --precision {fp32,bf16,int8,auto}
+    msaf-hf export MODEL OUTPUT_DIR --engine {openvino,onnxruntime} --precision {fp32,bf16,int8,auto}
         [--height H --width W] [--calibration_dataset NAME_OR_IMAGE_FOLDER --calibration_split S
          --calibration_samples N]
 
@@ -319,7 +319,7 @@ def compare_with_torch(
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Command line (scripts/export.py)
+# Command line (msaf-hf export)
 # ------------------------------------------------------------------------------------------------------------------
 
 

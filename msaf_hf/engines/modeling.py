@@ -1,6 +1,6 @@
 """Exported DSNet folders run like the PyTorch model: one class per engine, returning `SemanticSegmenterOutput`.
 
-An exported folder (`msaf_hf.engines.export_to_engine`, `scripts/export.py`) holds the engine's files, the model's
+An exported folder (`msaf_hf.engines.export_to_engine`, `msaf-hf export`) holds the engine's files, the model's
 `config.json` with an `engine` entry, and `preprocessor_config.json`:
 
     config.json            {..., "engine": {"name": "openvino", "precision": "int8", "input_size": null, ...}}
@@ -11,7 +11,7 @@ as its own adaptive pooling op), else the fixed `[height, width]` the file was e
 pool: the exporter turns MSAF's context pools into fixed average pools). The batch size is always free.
 
 The engine models subclass transformers' `PreTrainedModel` (with no parameters), so they have a `config`, work in
-`scripts/evaluate.py` and in `pipeline("image-segmentation", model=..., image_processor=...)`; they run on the CPU
+`msaf-hf evaluate` and in `pipeline("image-segmentation", model=..., image_processor=...)`; they run on the CPU
 and return CPU tensors. Like the PyTorch model they have `sliding_window_logits`: a fixed-size export segments any
 image through windows of its size (`fixed_input_size`), padded where the image is smaller.
 """
@@ -143,12 +143,12 @@ class EngineSegmenter(DSNetPreTrainedModel):
         """Load an exported folder. Raises if it was exported for another engine or is a PyTorch checkpoint."""
         folder = Path(folder)
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{str(folder)!r} has no config.json: pass a folder written by scripts/export.py.")
+            raise FileNotFoundError(f"{str(folder)!r} has no config.json: pass a folder written by msaf-hf export.")
         spec = read_engine_spec(folder)
         if spec is None:
             raise ValueError(
                 f"{str(folder)!r} is a PyTorch checkpoint, not an exported engine folder: load it with "
-                "AutoModelForSemanticSegmentation.from_pretrained, or export it first with scripts/export.py "
+                "AutoModelForSemanticSegmentation.from_pretrained, or export it first with msaf-hf export "
                 f"--engine {cls.engine_name}."
             )
         if spec.name != cls.engine_name:
@@ -170,7 +170,7 @@ class EngineSegmenter(DSNetPreTrainedModel):
 
     def save_pretrained(self, *args: Any, **kwargs: Any) -> None:
         raise NotImplementedError(
-            "An engine model is saved by scripts/export.py (msaf_hf.engines.export_to_engine); copy its folder."
+            "An engine model is saved by msaf-hf export (msaf_hf.engines.export_to_engine); copy its folder."
         )
 
     # -- inference ------------------------------------------------------------------------------------------------
@@ -302,7 +302,7 @@ ENGINE_CLASSES: dict[str, type[EngineSegmenter]] = {"openvino": OpenVINOSegmente
 def load_segmentation_model(
     name_or_path: str | os.PathLike, *, num_threads: int | None = None, **from_pretrained_kwargs: Any
 ) -> torch.nn.Module:
-    """A model for a folder or Hub id: the engine model for a folder written by `scripts/export.py`, else the
+    """A model for a folder or Hub id: the engine model for a folder written by `msaf-hf export`, else the
     PyTorch `DSNetForSemanticSegmentation.from_pretrained(name_or_path, **from_pretrained_kwargs)`. Both return
     `SemanticSegmenterOutput` logits at 1/4 of the input resolution. `num_threads` applies to engines."""
     folder = Path(name_or_path)

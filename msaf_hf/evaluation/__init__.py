@@ -1,4 +1,4 @@
-"""Evaluating DSNet: metrics, (distributed) evaluation and the ``scripts/evaluate.py`` command.
+"""Evaluating DSNet: metrics, (distributed) evaluation and the ``msaf-hf evaluate`` command.
 
 * :mod:`.metrics`: ``SegmentationConfusionMatrix`` and the metrics computed from a confusion matrix;
 * :mod:`.evaluator`: :func:`evaluate` (every image scored once across processes) and :func:`predict` (test-time

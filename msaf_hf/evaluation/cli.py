@@ -1,4 +1,4 @@
-"""``scripts/evaluate.py``: evaluate a saved model on a dataset split, print a per-class table, write the results.
+"""``msaf-hf evaluate``: evaluate a saved model on a dataset split, print a per-class table, write the results.
 
 The model comes from ``--model_name_or_path`` (a ``save_pretrained`` folder or a Hub model id) with the
 preprocessing it was saved with (``preprocessor_config.json``: size, normalisation) unless ``--eval_size`` overrides
@@ -43,7 +43,7 @@ __all__ = [
 
 @dataclass
 class EvaluationArguments:
-    """What to evaluate and how (``scripts/evaluate.py``); the data comes from ``DataArguments``."""
+    """What to evaluate and how (``msaf-hf evaluate``); the data comes from ``DataArguments``."""
 
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "A save_pretrained folder or a Hub model id (required)."}
@@ -109,7 +109,7 @@ def window_flags(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """``scripts/evaluate.py``: evaluate a checkpoint on a dataset split; print a per-class table; write JSON."""
+    """``msaf-hf evaluate``: evaluate a checkpoint on a dataset split; print a per-class table; write JSON."""
     from accelerate import Accelerator
 
     # Training recipes may be reused (--config configuration/camvid.yaml): their training-only keys are ignored,
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         recipe_exclude=("model_name_or_path",),
     )
     if not eval_args.model_name_or_path:
-        raise ValueError("scripts/evaluate.py: pass --model_name_or_path (a save_pretrained folder or a Hub model id).")
+        raise ValueError("msaf-hf evaluate: pass --model_name_or_path (a save_pretrained folder or a Hub model id).")
     if eval_args.dtype == "bfloat16":
         if eval_args.mixed_precision not in (None, "bf16"):
             raise ValueError(f"--dtype bfloat16 and --mixed_precision {eval_args.mixed_precision} disagree: pass one.")
@@ -167,7 +167,7 @@ def load_evaluation_model(eval_args: EvaluationArguments, accelerator: Any) -> t
     """The model to evaluate, on ``accelerator``'s device (in its mixed precision, channels-last if asked)."""
     from ..engines import load_segmentation_model
 
-    # A folder written by scripts/export.py loads as its engine model (OpenVINO / ONNX Runtime), anything else as
+    # A folder written by msaf-hf export loads as its engine model (OpenVINO / ONNX Runtime), anything else as
     # the PyTorch model.
     model = load_segmentation_model(eval_args.model_name_or_path, revision=eval_args.revision)
     model.to(accelerator.device)
@@ -181,7 +181,7 @@ def load_evaluation_model(eval_args: EvaluationArguments, accelerator: Any) -> t
         from ..cpu_features import check_bf16_supported
 
         check_bf16_supported("--dtype bfloat16 (--mixed_precision bf16) on the CPU",
-                             alternatives=("--dtype float32", "an int8 export (scripts/export.py --precision int8)"))
+                             alternatives=("--dtype float32", "an int8 export (msaf-hf export --precision int8)"))
     if accelerator.mixed_precision != "no":
         model = accelerator.prepare_model(model, evaluation_mode=True)  # autocast wrapper only
     if eval_args.channels_last:
@@ -247,7 +247,7 @@ def evaluation_split(data_args: DataArguments) -> str:
     if data_args.eval_split_fraction is not None or data_args.eval_image_dir is not None:
         return "validation"
     raise ValueError(
-        "scripts/evaluate.py: no evaluation data (--eval_split none); pass --eval_split <split> (or --eval_image_dir/"
+        "msaf-hf evaluate: no evaluation data (--eval_split none); pass --eval_split <split> (or --eval_image_dir/"
         "--eval_mask_dir, or --eval_split_fraction)."
     )
 

@@ -14,7 +14,7 @@ single-process matrix.
 Test-time augmentation (:func:`predict`): horizontal flip and several input scales; the softmax
 probabilities of all views are averaged at the label resolution.
 
-The command line (``scripts/evaluate.py``) is :mod:`msaf_hf.evaluation.cli`; the results files are
+The command line (``msaf-hf evaluate``) is :mod:`msaf_hf.evaluation.cli`; the results files are
 :mod:`msaf_hf.results`.
 """
 

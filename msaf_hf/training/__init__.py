@@ -1,9 +1,9 @@
 """Fine-tuning and training DSNet with Accelerate.
 
-The command line (``scripts/train.py``) is a thin wrapper around :func:`main`::
+The command line (``msaf-hf train``) is a thin wrapper around :func:`main`::
 
-    python scripts/train.py --config configuration/quickstart.yaml
-    accelerate launch --config_file configuration/accelerate/cpu_2proc.yaml scripts/train.py --config ...
+    msaf-hf train --config quickstart
+    accelerate launch --config_file "$(msaf-hf config-path cpu_2proc)" -m msaf_hf train --config ...
 
 Arguments are three dataclasses parsed by transformers' ``HfArgumentParser``: :class:`ModelArguments`
 (which model), :class:`msaf_hf.data.DataArguments` (which data, augmentation) and

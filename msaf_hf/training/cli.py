@@ -1,4 +1,4 @@
-"""``scripts/train.py``: parse the arguments, train, then reload the saved model and score it again."""
+"""``msaf-hf train``: parse the arguments, train, then reload the saved model and score it again."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ __all__ = ["main", "reload_and_report"]
 
 
 def main(argv: Sequence[str] | None = None) -> TrainOutput:
-    """``scripts/train.py``: parse arguments (and ``--config``), train, then reload the saved final model with
+    """``msaf-hf train``: parse arguments (and ``--config``), train, then reload the saved final model with
     ``from_pretrained`` and evaluate it again (main process), proving the folder is self-contained."""
     model_args, data_args, training_args = parse_args(argv)
     trainer = DSNetTrainer(model_args, data_args, training_args)

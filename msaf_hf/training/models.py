@@ -125,7 +125,7 @@ def resolve_class_weights(
     if isinstance(data.train, StreamingSegmentationDataset):
         raise ValueError(
             "--class_weights auto counts the labels of the whole training split, which --streaming does not read up "
-            "front: take the weights scripts/check_data.py suggests for this data and pass them with --class_weights "
+            "front: take the weights msaf-hf check-data suggests for this data and pass them with --class_weights "
             "FILE.json."
         )
     from tqdm.auto import tqdm

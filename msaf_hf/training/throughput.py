@@ -1,5 +1,5 @@
 """Training throughput: images per second of full DSNet (or SegFormer-B0) training steps, for
-`scripts/benchmark.py training`. Models and timing come from `msaf_hf.benchmarking`."""
+`msaf-hf benchmark training`. Models and timing come from `msaf_hf.benchmarking`."""
 
 from __future__ import annotations
 

@@ -3,10 +3,10 @@
 * `palettes`: class colours (Cityscapes, CamVid, a fixed distinct palette) and a config's ``label2color``.
 * `rendering`: colour masks, overlays, palette-PNG masks, legends, MSAF fusion-weight heatmaps (numpy + PIL).
 * `inference`: `Segmenter` / `load_segmenter`: class maps at the image size, fusion maps, timing.
-* `predict`: ``scripts/predict.py`` (images, folders, globs, videos).
+* `predict`: ``msaf-hf predict`` (images, folders, globs, videos).
 * `video`: streaming video decode/encode with PyAV (extra ``video``).
 * `figures`: confusion matrix, per-class IoU, training curves (extra ``viz``: matplotlib).
-* `demo`: the Gradio app of ``scripts/demo.py`` (extra ``demo``); `space`: writing and pushing it as a Space.
+* `demo`: the Gradio app of ``msaf-hf demo`` (extra ``demo``); `space`: writing and pushing it as a Space.
 
 `palettes`, `rendering`, `inference` and `demo` import nothing from msaf_hf outside this folder: a Space ships
 copies of them next to its ``app.py``.

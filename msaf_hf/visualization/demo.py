@@ -1,4 +1,4 @@
-"""The Gradio demo of ``scripts/demo.py`` and of the demo Space (``pip install msaf_hf[demo]``).
+"""The Gradio demo of ``msaf-hf demo`` and of the demo Space (``pip install msaf_hf[demo]``).
 
 Upload an image (or pick an example) and see the overlay, a legend of the classes found with each one's share of
 the image, the model latency and, on a toggle, MSAF's three fusion-weight maps: at every pixel, how much the detail

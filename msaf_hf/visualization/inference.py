@@ -1,6 +1,6 @@
 """Running a segmenter on PIL images for pictures: class-id maps at the image size, MSAF fusion-weight maps, timing.
 
-`load_segmenter` is the one place a model is loaded for ``scripts/predict.py`` and the demo; anything that can be
+`load_segmenter` is the one place a model is loaded for ``msaf-hf predict`` and the demo; anything that can be
 wrapped in a `Segmenter` (a ``from_pretrained`` model and its image processor) works with them.
 
 Self-contained (torch, transformers, numpy, PIL and sibling imports only): the demo Space ships a copy of it.
@@ -202,7 +202,7 @@ def load_segmenter(
 ) -> Segmenter:
     """Load a model for pictures: any ``from_pretrained`` source (a local folder or a Hub repo id).
 
-    This is the single place where ``scripts/predict.py`` and the demo load a model; other model formats (e.g.
+    This is the single place where ``msaf-hf predict`` and the demo load a model; other model formats (e.g.
     exported inference engines) plug in here by returning a `Segmenter`-compatible object.
     ``trust_remote_code=True`` loads the model code shipped with the checkpoint (needed where ``msaf_hf`` is not
     installed, e.g. in a Space). ``autocast_dtype`` and ``segmenter_kwargs`` (``sliding_window``, ``stride``, ...) go
@@ -228,14 +228,14 @@ def load_segmenter(
     if autocast_dtype is not None and hasattr(model, "engine_name"):
         raise ValueError(
             f"{source!r} is an exported {model.engine_name} folder: it runs in the precision it was exported at "
-            f"({model.spec.precision}); drop --dtype, or export with scripts/export.py --precision bf16."
+            f"({model.spec.precision}); drop --dtype, or export with msaf-hf export --precision bf16."
         )
     return Segmenter(model, image_processor, device=device, size=parse_image_size(size),
                      autocast_dtype=autocast_dtype, **segmenter_kwargs)
 
 
 def _exported_engine_model(source: str) -> Any:
-    """The engine model of a folder written by ``scripts/export.py`` (OpenVINO / ONNX Runtime), else None. Needs
+    """The engine model of a folder written by ``msaf-hf export`` (OpenVINO / ONNX Runtime), else None. Needs
     msaf_hf installed; a Space's copy of this module loads Hub models only."""
     try:
         from msaf_hf.engines import load_segmentation_model, read_engine_spec

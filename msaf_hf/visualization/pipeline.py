@@ -1,4 +1,4 @@
-"""Overlap decoding, inference and encoding in ``scripts/predict.py``: a bounded three-stage thread pipeline.
+"""Overlap decoding, inference and encoding in ``msaf-hf predict``: a bounded three-stage thread pipeline.
 
     for item in prefetch(decode(inputs), depth=2):       # decoding runs ahead in a thread, at most 2 items ahead
         result = model(item)                              # inference in the calling thread

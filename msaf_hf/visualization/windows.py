@@ -1,4 +1,4 @@
-"""The sliding-window flags of ``scripts/predict.py`` and ``scripts/demo.py``: ``--sliding_window H W``,
+"""The sliding-window flags of ``msaf-hf predict`` and ``msaf-hf demo``: ``--sliding_window H W``,
 ``--stride H W`` (default: 2/3 of the window) and ``--window_batch_size N``, their checks, and the `Segmenter`
 arguments they become. The method itself is the model's ``sliding_window_logits`` (``msaf_hf.modeling_dsnet``)."""
 
