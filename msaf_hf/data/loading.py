@@ -207,6 +207,10 @@ def load_split(
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"load_split: max_samples must be a positive integer (or None), got {max_samples}.")
     args = source if isinstance(source, DataArguments) else data_arguments_for(source)
+    if args.streaming:
+        # One split for evaluation, calibration or prediction is read map-style (a sized dataset that the
+        # evaluator can shard); only training streams (load_segmentation_data).
+        logger.warning("--streaming applies to training only: the %s split %r is read map-style.", purpose, split)
     kind = args.source_kind()
     needs_labels = purpose in ("train", "evaluation")
     role = "train" if split == args.train_split else "eval"

@@ -220,3 +220,12 @@ def test_errors_name_the_thing_and_the_fix(tmp_path):
         DataArguments(mask_dir=str(masks))
     with pytest.raises(ValueError, match=r"class ids must be exactly 0..1"):
         load_split(str(hub), "train", "evaluation", id2label={0: "a", 2: "c"})
+
+
+def test_streaming_is_named_and_the_split_read_map_style(tmp_path, caplog):
+    folder = _hub_folder(tmp_path)
+    args = DataArguments(dataset_name=str(folder), streaming=True, eval_split="validation")
+    with caplog.at_level("WARNING", logger="msaf_hf.data.loading"):
+        dataset = load_split(args, "validation", "evaluation", id2label=ID2LABEL, image_processor=_processor())
+    assert isinstance(dataset, SegmentationDataset) and len(dataset) == 3
+    assert "--streaming applies to training only" in caplog.text and "'validation'" in caplog.text
