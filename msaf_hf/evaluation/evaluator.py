@@ -76,9 +76,10 @@ def predict(
     Without test-time augmentation these are the model's logits, upsampled bilinearly (``align_corners=False``).
     With ``flip`` and/or several ``scales``, each view's input is resized bilinearly by the scale (and flipped),
     its logits are upsampled to ``output_size`` (and flipped back), and the softmax probabilities of all views
-    are averaged. With ``sliding_window`` ``(H, W)`` each view's logits are averaged over overlapping windows of
-    that size every ``stride`` (:func:`window_logits`). Call under ``torch.no_grad()`` / ``inference_mode()`` with
-    the model in eval mode.
+    are averaged; for a binary segmenter (one channel) the sigmoid probabilities are averaged and returned as a
+    logit, so that ``> 0`` still means foreground. With ``sliding_window`` ``(H, W)`` each view's logits are
+    averaged over overlapping windows of that size every ``stride`` (:func:`window_logits`). Call under
+    ``torch.no_grad()`` / ``inference_mode()`` with the model in eval mode.
     """
     scales = [float(s) for s in scales] or [1.0]
     if any(s <= 0 for s in scales):
@@ -104,10 +105,12 @@ def predict(
                 logits = logits.flip(-1)
             if single_view:
                 return logits
-            probabilities = logits.softmax(dim=1)
+            # Softmax over a binary segmenter's one channel would be 1 everywhere: its probability is the sigmoid.
+            probabilities = logits.sigmoid() if logits.shape[1] == 1 else logits.softmax(dim=1)
             total = probabilities if total is None else total + probabilities
             views += 1
-    return total / views
+    mean = total / views
+    return torch.logit(mean) if mean.shape[1] == 1 else mean
 
 
 def window_logits(

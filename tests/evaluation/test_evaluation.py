@@ -155,6 +155,36 @@ def test_flip_and_multiscale_test_time_augmentation(model):
         predict(model, pixel_values, scales=(0.0,))
 
 
+def test_test_time_augmentation_of_a_binary_segmenter_averages_sigmoid_probabilities():
+    """One logit channel: the views' sigmoid probabilities are averaged and returned as a logit (> 0 = foreground).
+    A softmax over the one channel would be 1 everywhere, i.e. every pixel foreground."""
+    torch.manual_seed(0)
+    binary = DSNetForSemanticSegmentation(load_preset("dsnet", base_channels=4, num_labels=1)).eval()
+    with torch.no_grad():
+        classifier = binary.decode_head.classifier
+        weight = classifier.weight.clone()
+        classifier.weight.zero_()
+        classifier.bias.fill_(-5.0)  # every view says background everywhere, with probability sigmoid(-5)
+        pixel_values = torch.randn(1, 3, 32, 48, generator=torch.Generator().manual_seed(4))
+        scores = predict(binary, pixel_values, flip=True, scales=(0.5, 1.0))
+        assert scores.shape == (1, 1, 32, 48)
+        torch.testing.assert_close(scores, torch.full_like(scores, -5.0))
+
+        classifier.weight.copy_(weight)
+        classifier.bias.fill_(0.0)
+        views = []
+        for inputs in (F.interpolate(pixel_values, size=(16, 24), mode="bilinear", align_corners=False),
+                       pixel_values):
+            for flipped in (False, True):
+                x = inputs.flip(-1) if flipped else inputs
+                logits = F.interpolate(binary(pixel_values=x).logits, size=(32, 48), mode="bilinear",
+                                       align_corners=False)
+                views.append((logits.flip(-1) if flipped else logits).sigmoid())
+        expected = torch.logit(sum(views) / 4)
+        torch.testing.assert_close(predict(binary, pixel_values, flip=True, scales=(0.5, 1.0)), expected,
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_table_and_json():
     metrics = {"mean_iou": 0.5, "pixel_accuracy": 0.75, "mean_class_accuracy": 0.6,
                "per_class_iou": [0.25, 0.75, float("nan")], "per_class_accuracy": [0.5, 0.7, float("nan")]}
