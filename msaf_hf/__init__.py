@@ -45,7 +45,8 @@ def _pipeline_workarounds() -> None:
     `pipeline("image-segmentation")` on a DSNet folder, without these:
     1. logs an error that DSNet "is not supported": `check_model_type` compares the class name with a plain copy
        of transformers' own name table, so classes registered with `AutoModelForSemanticSegmentation.register`
-       are not seen. Fix: add DSNet's name to that table.
+       are not seen. Fix: add DSNet's names to that table (the model and its sliding-window form,
+       `model.with_sliding_window(...)`; the table takes a tuple of class names for one configuration).
     2. probes for a video processor, which for a folder with a remote-code image processor asks an interactive
        "trust remote code?" question about a `DSNetVideoProcessor` that does not exist. Segmentation never uses
        one: the pipeline class is told not to load it.
@@ -59,8 +60,10 @@ def _pipeline_workarounds() -> None:
     from transformers.models.auto import modeling_auto
     from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 
+    from .modeling_dsnet import DSNetSlidingWindow
+
     modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(
-        DSNetConfig.model_type, DSNetForSemanticSegmentation.__name__
+        DSNetConfig.model_type, (DSNetForSemanticSegmentation.__name__, DSNetSlidingWindow.__name__)
     )
     ImageSegmentationPipeline._load_video_processor = False
 

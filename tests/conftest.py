@@ -4,6 +4,7 @@ configs."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -76,3 +77,19 @@ def one_thread_and_fresh_accelerate_state():
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(True)
+
+
+@pytest.fixture
+def transformers_log_messages():
+    """The messages transformers logs during a test (its loggers do not propagate to pytest's caplog)."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    library_logger = logging.getLogger("transformers")
+    library_logger.addHandler(handler)
+    yield messages
+    library_logger.removeHandler(handler)

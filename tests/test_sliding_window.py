@@ -240,7 +240,7 @@ def test_a_fixed_size_model_defaults_to_its_size_and_refuses_another(model, monk
     assert result.shape == (1, 5, 24, 100) and set(seen) == {(32, 48)}
 
 
-def test_image_segmentation_pipeline_runs_windows_through_with_sliding_window(model):
+def test_image_segmentation_pipeline_runs_windows_through_with_sliding_window(model, transformers_log_messages):
     import numpy as np
     from PIL import Image
     from transformers import pipeline
@@ -252,6 +252,8 @@ def test_image_segmentation_pipeline_runs_windows_through_with_sliding_window(mo
     windowed = model.with_sliding_window((32, 48), (16, 24))
     assert windowed.config is model.config and windowed.window_size == (32, 48)
     segments = pipeline("image-segmentation", model=windowed, image_processor=processor)(image)
+    # transformers' model-type check knows the wrapper
+    assert not [m for m in transformers_log_messages if "is not supported" in m]
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
     expected = model.sliding_window_logits(pixel_values, (32, 48), (16, 24))[0].argmax(0).numpy()
     assert len(segments) == len(np.unique(expected)) > 1
