@@ -110,7 +110,7 @@ def predict(
             total = probabilities if total is None else total + probabilities
             views += 1
     mean = total / views
-    return torch.logit(mean) if mean.shape[1] == 1 else mean
+    return torch.logit(mean, eps=1e-7) if mean.shape[1] == 1 else mean  # eps: saturated views give no infinities
 
 
 def window_logits(

@@ -169,6 +169,9 @@ def test_test_time_augmentation_of_a_binary_segmenter_averages_sigmoid_probabili
         scores = predict(binary, pixel_values, flip=True, scales=(0.5, 1.0))
         assert scores.shape == (1, 1, 32, 48)
         torch.testing.assert_close(scores, torch.full_like(scores, -5.0))
+        classifier.bias.fill_(-200.0)  # saturated: sigmoid is 0 in float32; the score stays finite and negative
+        saturated = predict(binary, pixel_values, flip=True)
+        assert torch.isfinite(saturated).all() and (saturated < 0).all()
 
         classifier.weight.copy_(weight)
         classifier.bias.fill_(0.0)
