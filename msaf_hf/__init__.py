@@ -23,6 +23,7 @@ from .modeling_dsnet import (
     DSNetModelOutput,
     DSNetPreTrainedModel,
     DSNetSemanticSegmenterOutput,
+    DSNetSlidingWindow,
 )
 from .presets import list_presets, load_preset
 from .version import __version__ as __version__
@@ -59,8 +60,6 @@ def _pipeline_workarounds() -> None:
         return
     from transformers.models.auto import modeling_auto
     from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
-
-    from .modeling_dsnet import DSNetSlidingWindow
 
     modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(
         DSNetConfig.model_type, (DSNetForSemanticSegmentation.__name__, DSNetSlidingWindow.__name__)
