@@ -586,7 +586,7 @@ class DSNetSemanticSegmenterOutput(SemanticSegmenterOutput):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _window_starts(size: int, window: int, stride: int) -> list[int]:
+def window_starts(size: int, window: int, stride: int) -> list[int]:
     """Starts of the windows along one side: every `stride`, the last one moved back to end at the image's edge
     (so no window hangs over it); a single window at 0 when the side is not longer than the window."""
     if size <= window:
@@ -673,7 +673,7 @@ def sliding_window_logits(
     batch, _, height, width = pixel_values.shape
     if min(batch, height, width) == 0:
         raise ValueError(f"sliding window: pixel_values is empty, shape {tuple(pixel_values.shape)}.")
-    rows, columns = _window_starts(height, window_h, stride_h), _window_starts(width, window_w, stride_w)
+    rows, columns = window_starts(height, window_h, stride_h), window_starts(width, window_w, stride_w)
     crop_h, crop_w = min(window_h, height), min(window_w, width)
     windows = [(image, top, left) for image in range(batch) for top in rows for left in columns]
     # Every pixel's window count is (windows covering its row) x (windows covering its column): the windows form a
