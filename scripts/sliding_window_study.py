@@ -13,8 +13,9 @@ scores, against the same labels, the PyTorch model:
 
     python scripts/sliding_window_study.py MODEL data/camvid [--window 184 240] [--stride 122 160] [--limit 101]
 
-Prints a Markdown table (mIoU and the difference to whole-image). The diagnostics replace
-`torch.nn.functional.adaptive_avg_pool2d` while they run; they are for understanding, not for inference.
+Prints a Markdown table (mIoU and the difference to whole-image). The study replaces
+`torch.nn.functional.adaptive_avg_pool2d` while it runs (it behaves as torch's except in the two diagnostics, which
+are for understanding, not for inference).
 """
 
 from __future__ import annotations
@@ -68,11 +69,12 @@ def gaussian_weights(height: int, width: int, sigma_fraction: float = 0.125) -> 
 
 class WholeImagePools:
     """Records every adaptive average pool of a whole-image forward, then hands each window the whole image's pooled
-    values in the same call order: the 1x1 pools as they are, the grids (with `grids=True`) cut to the window's part
-    of the image (the grid upsampled to the pooled feature map, cropped, pooled back to the grid's size)."""
+    values in the same call order: the 1x1 pools as they are and, with `grids=True`, the grids cut to the window's
+    part of the image (the grid upsampled to the pooled feature map, cropped, pooled back to the grid's size). Outside
+    `record`/`window_logits` the installed pool is torch's."""
 
-    def __init__(self, grids: bool):
-        self.grids = grids
+    def __init__(self):
+        self.grids = False
         self.recorded: list[tuple[tuple[int, int], torch.Tensor]] = []
         self.mode = "off"
         self.calls = 0
@@ -111,15 +113,18 @@ class WholeImagePools:
         finally:
             F.adaptive_avg_pool2d = original
 
-    def record(self, model: torch.nn.Module, pixel_values: torch.Tensor) -> None:
+    def record(self, model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The whole image's logits; its pools are kept for the windows."""
         self.recorded, self.mode, self.image_size = [], "record", tuple(pixel_values.shape[-2:])
         try:
-            model(pixel_values=pixel_values)
+            return model(pixel_values=pixel_values).logits
         finally:
             self.mode = "off"
 
-    def window_logits(self, model: torch.nn.Module, crop: torch.Tensor, top: int, left: int) -> torch.Tensor:
-        self.mode, self.calls, self.window = "replay", 0, (top, left, *crop.shape[-2:])
+    def window_logits(
+        self, model: torch.nn.Module, crop: torch.Tensor, top: int, left: int, grids: bool
+    ) -> torch.Tensor:
+        self.mode, self.calls, self.window, self.grids = "replay", 0, (top, left, *crop.shape[-2:]), grids
         try:
             return model(pixel_values=crop).logits
         finally:
@@ -146,9 +151,9 @@ def windowed(model, pixel_values, window, stride, forward=None, weights=None) ->
 def study(model, processor, examples, window, stride) -> dict[str, float]:
     """mIoU of every method in `METHODS` over `examples` ((image, label) pairs)."""
     matrices = {name: SegmentationConfusionMatrix(model.config.num_labels) for name in METHODS}
-    pools = {"pools:global": WholeImagePools(grids=False), "pools:all": WholeImagePools(grids=True)}
+    pools = WholeImagePools()
     gaussian = gaussian_weights(*window)
-    with torch.no_grad():
+    with torch.no_grad(), pools.installed():
         for image, label in examples:
             pixel_values = processor(images=image, do_resize=False, return_tensors="pt").pixel_values
 
@@ -158,18 +163,16 @@ def study(model, processor, examples, window, stride) -> dict[str, float]:
             windows = sliding_window_logits(model, pixel_values, window, stride)
             view = F.interpolate(pixel_values, size=window, mode="bilinear", align_corners=False)
             scores = {
-                "whole": upsampled(model(pixel_values=pixel_values).logits),
+                "whole": upsampled(pools.record(model, pixel_values)),
                 "windows": windows,
                 "windows+view": (windows + upsampled(model(pixel_values=view).logits)) / 2,
                 "gaussian": windowed(model, pixel_values, window, stride, weights=gaussian),
             }
-            for name, recorder in pools.items():
-                with recorder.installed():
-                    recorder.record(model, pixel_values)
-                    scores[name] = windowed(
-                        model, pixel_values, window, stride,
-                        forward=lambda crop, top, left, r=recorder: r.window_logits(model, crop, top, left),
-                    )
+            for name, grids in (("pools:global", False), ("pools:all", True)):
+                scores[name] = windowed(
+                    model, pixel_values, window, stride,
+                    forward=lambda crop, top, left, g=grids: pools.window_logits(model, crop, top, left, g),
+                )
             for name, score in scores.items():
                 matrices[name].update(score.argmax(1)[0], label)
     return {name: float(matrix.compute()["mean_iou"]) for name, matrix in matrices.items()}

@@ -72,7 +72,7 @@ def test_smaller_windows_see_the_whole_images_pools(folders):
     differ): the diagnostic really replaces what the window would pool itself."""
     model = DSNetForSemanticSegmentation.from_pretrained(folders[0]).eval()
     image = torch.randn(1, 3, HEIGHT, WIDTH)
-    recorder = study.WholeImagePools(grids=True)
+    recorder = study.WholeImagePools()
     crop = image[..., :24, :32]
 
     def global_pools_of_window(replay: bool) -> list[torch.Tensor]:
@@ -81,7 +81,7 @@ def test_smaller_windows_see_the_whole_images_pools(folders):
         F.adaptive_avg_pool2d = lambda x, size: seen.append(installed(x, size)) or seen[-1]
         try:
             if replay:
-                recorder.window_logits(model, crop, 0, 0)
+                recorder.window_logits(model, crop, 0, 0, grids=True)
             else:
                 model(pixel_values=crop)
         finally:
@@ -98,9 +98,9 @@ def test_smaller_windows_see_the_whole_images_pools(folders):
         assert not torch.allclose(theirs, expected.expand_as(theirs))  # the window alone pools something else
 
 
-def test_the_pool_is_put_back_even_when_the_model_fails(folders):
+def test_the_pool_is_put_back_even_when_the_model_fails():
     original = F.adaptive_avg_pool2d
-    recorder = study.WholeImagePools(grids=False)
+    recorder = study.WholeImagePools()
     with pytest.raises(RuntimeError), recorder.installed():
         raise RuntimeError("model failed")
     assert F.adaptive_avg_pool2d is original
